@@ -1,0 +1,150 @@
+//! Decoding image files into RGB, as the models were trained to see them.
+//!
+//! The format is recognised from the content, not the file name. The EXIF orientation is applied
+//! (a phone photo taken upright is shown upright), and alpha is dropped rather than composited,
+//! as PIL's `convert("RGB")` does in LAVIS and transformers 4.x. The pixel count is checked from
+//! the header before anything is decoded, so a small file claiming a huge image (a
+//! decompression bomb) is refused without allocating it.
+
+use std::io::{BufRead, Cursor, Seek};
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+use crate::PreprocessError;
+
+/// Bounds on what a decoder may allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest accepted width × height.
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    /// 178 956 970 pixels, twice PIL's `MAX_IMAGE_PIXELS` warning threshold: the point where
+    /// PIL itself refuses an image as a decompression bomb.
+    fn default() -> Self {
+        Self {
+            max_pixels: 178_956_970,
+        }
+    }
+}
+
+/// Reads and decodes an image file into RGB with its EXIF orientation applied.
+pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<RgbImage, PreprocessError> {
+    let bytes = std::fs::read(path).map_err(|source| PreprocessError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode_bytes(&bytes, path, limits)
+}
+
+/// Decodes image bytes (`path` only names them in errors).
+pub fn decode_bytes(
+    bytes: &[u8],
+    path: &Path,
+    limits: DecodeLimits,
+) -> Result<RgbImage, PreprocessError> {
+    decode_reader(Cursor::new(bytes), path, limits)
+}
+
+fn decode_reader<R: BufRead + Seek>(
+    reader: R,
+    path: &Path,
+    limits: DecodeLimits,
+) -> Result<RgbImage, PreprocessError> {
+    let fail = |reason: String| PreprocessError::Decode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let reader = ImageReader::new(reader)
+        .with_guessed_format()
+        .map_err(|e| fail(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(fail("unrecognised image format".into()));
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| fail(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(PreprocessError::TooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+            limit: limits.max_pixels,
+        });
+    }
+    if width == 0 || height == 0 {
+        return Err(fail("image has no pixels".into()));
+    }
+    let mut decoder_limits = image::Limits::default();
+    // The decoded buffer of the largest accepted image in 16-bit RGBA, with margin.
+    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    decoder
+        .set_limits(decoder_limits)
+        .map_err(|e| fail(e.to_string()))?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| fail(e.to_string()))?;
+    img.apply_orientation(orientation);
+    Ok(img.to_rgb8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(img: &DynamicImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn alpha_is_dropped_not_composited() {
+        let rgba = image::RgbaImage::from_pixel(3, 2, image::Rgba([10, 20, 30, 0]));
+        let rgb = decode_bytes(
+            &png(&DynamicImage::ImageRgba8(rgba)),
+            Path::new("a.png"),
+            DecodeLimits::default(),
+        )
+        .unwrap();
+        assert!(rgb.pixels().all(|p| p.0 == [10, 20, 30]));
+    }
+
+    #[test]
+    fn text_named_jpg_and_empty_and_truncated_files_are_decode_errors() {
+        let limits = DecodeLimits::default();
+        for bytes in [&b"hello, I am text"[..], &b""[..]] {
+            let e = decode_bytes(bytes, Path::new("x.jpg"), limits).unwrap_err();
+            assert!(matches!(e, PreprocessError::Decode { .. }), "{e}");
+            assert!(e.to_string().starts_with("x.jpg:"), "{e}");
+        }
+        let full = png(&DynamicImage::new_rgb8(64, 64));
+        let e = decode_bytes(&full[..full.len() / 2], Path::new("t.png"), limits).unwrap_err();
+        assert!(matches!(e, PreprocessError::Decode { .. }), "{e}");
+    }
+
+    #[test]
+    fn oversized_header_is_refused_before_decoding() {
+        let bytes = png(&DynamicImage::new_rgb8(300, 200));
+        let e = decode_bytes(
+            &bytes,
+            Path::new("big.png"),
+            DecodeLimits { max_pixels: 50_000 },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PreprocessError::TooLarge {
+                    width: 300,
+                    height: 200,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! Subcommands, one file each. Their flags and JSON output are a contract used by checks
+//! outside the repository: keep names and keys as they are.
+
+mod embed_image;
+mod embed_text;
+mod match_pair;
+mod model_args;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// quarry: search your photos by text with BLIP-2.
+#[derive(Debug, Parser)]
+#[command(name = "quarry", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Embed images: 32 (num_query_tokens) unit vectors per image, the ITC image side.
+    EmbedImage(embed_image::Args),
+    /// Embed texts: one unit vector per text, the ITC text side.
+    EmbedText(embed_text::Args),
+    /// Score one image against one text with ITC and ITM.
+    Match(match_pair::Args),
+}
+
+/// Runs the command line; errors are printed with their causes and give exit code 1 (bad
+/// input, the user's to fix) or 2 (internal failure).
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::EmbedImage(a) => embed_image::run(a),
+        Command::EmbedText(a) => embed_text::run(a),
+        Command::Match(a) => match_pair::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let internal = e
+                .downcast_ref::<quarry::Error>()
+                .is_some_and(|e| !e.is_user_error());
+            ExitCode::from(if internal { 2 } else { 1 })
+        }
+    }
+}

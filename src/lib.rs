@@ -1,0 +1,25 @@
+//! quarry: self-hosted image–text retrieval with BLIP-2.
+//!
+//! Data flow, in reading order:
+//! 1. [`checkpoint`] reads a model folder exactly as downloaded from the Hugging Face hub
+//!    (`config.json`, `model.safetensors` or shards, `tokenizer.json`,
+//!    `preprocessor_config.json`), memory-mapped, with errors that name the file and tensor.
+//! 2. `quarry_indexer` decodes an image (EXIF orientation, alpha dropped), resizes it with
+//!    Pillow's bicubic arithmetic and normalises it.
+//! 3. [`model`] runs the frozen EVA ViT, then the Q-Former in image mode: 32 query outputs,
+//!    projected to 32 unit vectors (ITC image side).
+//! 4. [`tokenize`] turns a text into BERT tokens; the Q-Former in text mode gives its [CLS]
+//!    output, projected to one unit vector (ITC text side).
+//! 5. ITC = max over the query vectors of the cosine; ITM runs queries and text jointly and
+//!    averages the match head over the queries.
+
+pub mod checkpoint;
+pub mod device;
+pub mod error;
+pub mod model;
+pub mod tokenize;
+
+pub use checkpoint::{LoadOptions, RetrievalFolder};
+pub use error::{Error, Result};
+pub use model::{ItmScores, Retriever, TextBatch};
+pub use quarry_indexer as indexer;

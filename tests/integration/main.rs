@@ -1,0 +1,6 @@
+//! quarry's integration tests, one binary (link time is the cost that matters on 2 cores).
+
+mod cli;
+mod folder_errors;
+mod parity;
+mod support;
