@@ -195,8 +195,11 @@ enum SizeField {
     Square(u32),
 }
 
-/// OpenAI CLIP's normalisation, which every BLIP-2 checkpoint uses.
+/// OpenAI CLIP's normalisation, which every BLIP-2 checkpoint uses (written as the hub files
+/// spell it).
+#[allow(clippy::excessive_precision)]
 const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 fn read_preprocessor(folder: &Path, image_size: usize) -> Result<PreprocessSpec> {

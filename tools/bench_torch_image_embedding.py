@@ -148,6 +148,9 @@ def save_checkpoint(model, folder, tokenizer_dir):
         do_convert_rgb=True,
     ).save_pretrained(folder)
 
+    for f in os.listdir(folder):  # safetensors files are created 0600
+        os.chmod(os.path.join(folder, f), 0o644)
+
     shapes, dtypes, files = read_safetensors_layout(folder)
     expected = expected_retrieval_layout(layout_from_hf_config(model.config))
     problems = compare_layout(expected, shapes)

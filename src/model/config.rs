@@ -173,7 +173,7 @@ impl QFormerConfig {
 
     /// Whether layer `i` has a cross-attention block.
     pub fn has_cross_attention(&self, layer: usize) -> bool {
-        layer % self.cross_attention_frequency == 0
+        layer.is_multiple_of(self.cross_attention_frequency)
     }
 }
 
@@ -242,19 +242,19 @@ impl Blip2Config {
                 return bad(format!("model_type is {t:?}, expected \"blip-2\""));
             }
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return bad(format!(
                 "vision_config.image_size {} is not a multiple of patch_size {}",
                 v.image_size, v.patch_size
             ));
         }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return bad(format!(
                 "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
                 v.hidden_size, v.num_attention_heads
             ));
         }
-        if q.num_attention_heads == 0 || q.hidden_size % q.num_attention_heads != 0 {
+        if q.num_attention_heads == 0 || !q.hidden_size.is_multiple_of(q.num_attention_heads) {
             return bad(format!(
                 "qformer_config.hidden_size {} is not divisible by num_attention_heads {}",
                 q.hidden_size, q.num_attention_heads

@@ -76,23 +76,14 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dtype = x.dtype();
-        let x32 = x.to_dtype(DType::F32)?;
-        let mean = x32.mean_keepdim(D::Minus1)?;
-        let centred = x32.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)?
-            .to_dtype(dtype)
+        super::kernels::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
 /// Applies an activation function.
 pub fn activate(act: Activation, x: &Tensor) -> candle_core::Result<Tensor> {
     match act {
-        Activation::Gelu => x.gelu_erf(),
+        Activation::Gelu => super::kernels::gelu_erf(x),
         Activation::GeluTanh => x.gelu(),
         Activation::Relu => x.relu(),
         Activation::QuickGelu => x.broadcast_mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?),
@@ -125,8 +116,10 @@ pub fn attention(
 ) -> candle_core::Result<Tensor> {
     let d = q.dim(D::Minus1)?;
     let dtype = q.dtype();
+    // Scaling q (T×d) rather than the scores (T×T) is the cheaper pass; the rounding differs
+    // from transformers' order only in the last bit.
+    let q = (q * (1.0 / (d as f64).sqrt()))?;
     let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-    let scores = (scores * (1.0 / (d as f64).sqrt()))?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
         None => scores,

@@ -6,8 +6,10 @@
 
 pub mod config;
 mod heads;
+mod kernels;
 pub mod layers;
 pub mod qformer;
+mod random_weights;
 pub mod vision;
 
 use candle_core::{DType, Device, Tensor, D};
@@ -18,6 +20,7 @@ pub use self::heads::itc_scores;
 use self::heads::RetrievalHeads;
 pub use self::qformer::ImageMemory;
 use self::qformer::{QFormer, TextEmbeddings};
+pub use self::random_weights::RandomWeights;
 use self::vision::VisionModel;
 use crate::error::Result;
 

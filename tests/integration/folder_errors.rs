@@ -30,8 +30,7 @@ fn load_error(dir: &Path) -> Error {
         Err(e) => e,
         Ok(folder) => folder
             .load(&LoadOptions::default())
-            .err()
-            .expect("loading should fail"),
+            .expect_err("loading should fail"),
     }
 }
 

@@ -225,7 +225,7 @@ fn resized_images_preprocessing_difference_is_bounded() {
         let ours = pixels_of(&folder, &files);
         let reference = r.tensor("pixel_values_resized");
         // One byte level, normalised: 1 / 255 / min(std) ≈ 0.0152.
-        let one_level = 1.0 / 255.0 / 0.26130258;
+        let one_level = 1.0 / 255.0 / 0.261_302_6;
         for (i, f) in files.iter().enumerate() {
             let d = max_abs_diff(&ours.i(i).unwrap(), &reference.i(i).unwrap());
             let levels = d / one_level;
