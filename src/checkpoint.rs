@@ -25,6 +25,8 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::indexer::PreprocessSpec;
+use crate::model::captioner::{CaptionPrecision, Captioner};
+use crate::model::opt::OptConfig;
 use crate::model::{Blip2Config, Retriever};
 use crate::tokenize::{TextTokenizer, DEFAULT_MAX_TEXT_TOKENS};
 
@@ -126,22 +128,142 @@ impl RetrievalFolder {
 
     /// Loads the weights and builds the model.
     pub fn load(&self, options: &LoadOptions) -> Result<Retriever> {
-        let backend = TensorBackend {
-            files: &self.tensors,
-            first_error: Mutex::new(None),
-        };
-        let vb = VarBuilder::from_backend(Box::new(&backend), DType::F32, options.device.clone());
-        let built = Retriever::new(&self.config, vb, options.vision_dtype);
-        let recorded = backend
-            .first_error
-            .lock()
-            .map(|mut e| e.take())
-            .unwrap_or(None);
-        match (built, recorded) {
-            (Ok(model), _) => Ok(model),
-            (Err(_), Some(e)) => Err(e),
-            (Err(e), None) => Err(e),
+        self.tensors.build(&options.device, |vb| {
+            Retriever::new(&self.config, vb, options.vision_dtype)
+        })
+    }
+
+    /// Fingerprint of the frozen ViT trunk (every `vision_model.*` tensor but
+    /// `post_layernorm`): equal fingerprints mean one ViT pass can serve two checkpoints.
+    pub fn vision_trunk_fingerprint(&self) -> Result<u64> {
+        self.tensors.vision_trunk_fingerprint()
+    }
+}
+
+/// A captioning model folder (`Blip2ForConditionalGeneration` with OPT), opened and checked
+/// but with the weights not yet loaded.
+#[derive(Debug)]
+pub struct CaptionFolder {
+    folder: PathBuf,
+    /// The parsed `config.json`.
+    pub config: Blip2Config,
+    /// Its `text_config`.
+    pub opt: OptConfig,
+    /// Image preprocessing from `preprocessor_config.json`.
+    pub preprocess: PreprocessSpec,
+    tokenizer: tokenizers::Tokenizer,
+    tensors: TensorFiles,
+}
+
+impl CaptionFolder {
+    /// Opens a captioning model folder (`Salesforce/blip2-opt-2.7b` and its relatives, either
+    /// hub layout).
+    pub fn open(folder: impl AsRef<Path>) -> Result<Self> {
+        let folder = folder.as_ref().to_path_buf();
+        if !folder.is_dir() {
+            return Err(folder_err(&folder, "is not a directory".into()));
         }
+        let config = read_config(&folder)?;
+        if !config.architectures.is_empty()
+            && !config
+                .architectures
+                .iter()
+                .any(|a| a == "Blip2ForConditionalGeneration")
+        {
+            return Err(folder_err(
+                &folder,
+                format!(
+                    "config.json: architectures {:?} is not a captioning model (expected \
+                     Blip2ForConditionalGeneration, e.g. Salesforce/blip2-opt-2.7b)",
+                    config.architectures
+                ),
+            ));
+        }
+        let text = config.text_config.clone().ok_or_else(|| {
+            folder_err(
+                &folder,
+                "config.json has no text_config (the language model)".into(),
+            )
+        })?;
+        if let Some(kind) = text.get("model_type").and_then(|v| v.as_str()) {
+            if kind != "opt" {
+                return Err(folder_err(
+                    &folder,
+                    format!("config.json: text_config.model_type {kind:?} is not supported (only \"opt\")"),
+                ));
+            }
+        }
+        let opt: OptConfig = serde_json::from_value(text)
+            .map_err(|e| folder_err(&folder, format!("config.json: text_config: {e}")))?;
+        opt.validate()
+            .map_err(|e| folder_err(&folder, format!("config.json: {e}")))?;
+        let preprocess = read_preprocessor(&folder, config.vision_config.image_size)?;
+        let json = folder.join("tokenizer.json");
+        if !json.is_file() {
+            return Err(folder_err(&folder, "tokenizer.json is missing".into()));
+        }
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&json)
+            .map_err(|e| folder_err(&folder, format!("tokenizer.json: {e}")))?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| folder_err(&folder, format!("tokenizer.json: {e}")))?;
+        let tensors = TensorFiles::open(&folder)?;
+        Ok(Self {
+            folder,
+            config,
+            opt,
+            preprocess,
+            tokenizer,
+            tensors,
+        })
+    }
+
+    /// The folder this was opened from.
+    pub fn path(&self) -> &Path {
+        &self.folder
+    }
+
+    /// Loads the weights and builds the model.
+    pub fn load(&self, device: &Device, precision: CaptionPrecision) -> Result<Captioner> {
+        self.tensors.build(device, |vb| {
+            Captioner::new(&self.config, &self.opt, vb, precision)
+        })
+    }
+
+    /// A prompt's token ids as the model reads them: `</s>` then the prompt's tokens.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut ids = enc.get_ids().to_vec();
+        if ids.first() != Some(&self.opt.bos_token_id) {
+            ids.insert(0, self.opt.bos_token_id);
+        }
+        if let Some(image) = self.config.image_token_index {
+            if ids.contains(&image) {
+                return Err(Error::Tokenizer(format!(
+                    "the prompt contains the image placeholder token (id {image}); remove \"<image>\" from it"
+                )));
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Text of generated ids, special tokens skipped and surrounding whitespace trimmed (as
+    /// LAVIS returns captions).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let text = self
+            .tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(text.trim().to_string())
+    }
+
+    /// Fingerprint of the frozen ViT trunk; see [`RetrievalFolder::vision_trunk_fingerprint`].
+    pub fn vision_trunk_fingerprint(&self) -> Result<u64> {
+        self.tensors.vision_trunk_fingerprint()
     }
 }
 
@@ -317,6 +439,66 @@ struct ShardIndex {
 }
 
 impl TensorFiles {
+    /// Builds a model from these tensors; a typed loading error (missing tensor, wrong shape)
+    /// takes precedence over candle's message.
+    fn build<T>(&self, device: &Device, f: impl FnOnce(VarBuilder) -> Result<T>) -> Result<T> {
+        let backend = TensorBackend {
+            files: self,
+            first_error: Mutex::new(None),
+        };
+        let vb = VarBuilder::from_backend(Box::new(&backend), DType::F32, device.clone());
+        let built = f(vb);
+        let recorded = backend
+            .first_error
+            .lock()
+            .map(|mut e| e.take())
+            .unwrap_or(None);
+        match (built, recorded) {
+            (Ok(model), _) => Ok(model),
+            (Err(_), Some(e)) => Err(e),
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// xxh3 over the names, dtypes, shapes and bytes of the ViT trunk tensors, in name order.
+    fn vision_trunk_fingerprint(&self) -> Result<u64> {
+        let mut names: Vec<&String> = self
+            .location
+            .keys()
+            .filter(|n| {
+                n.starts_with("vision_model.") && !n.starts_with("vision_model.post_layernorm")
+            })
+            .collect();
+        if names.is_empty() {
+            return Err(folder_err(
+                &self.folder,
+                "has no vision_model.* tensors".into(),
+            ));
+        }
+        names.sort();
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for name in names {
+            let file = &self.files[self.location[name]];
+            let info = &file.tensors[name];
+            hasher.update(name.as_bytes());
+            hasher.update(format!("{:?}{:?}", info.dtype, info.shape).as_bytes());
+            let (begin, end) = info.data_offsets;
+            let range = file.data_start + begin..file.data_start + end;
+            let bytes = file.mmap.get(range.clone()).ok_or_else(|| {
+                folder_err(
+                    &self.folder,
+                    format!(
+                        "{}: tensor `{name}` lies beyond the end of the file",
+                        file.name
+                    ),
+                )
+            })?;
+            hasher.update(bytes);
+            release_pages(&file.mmap, range.start, range.len());
+        }
+        Ok(hasher.digest())
+    }
+
     fn open(folder: &Path) -> Result<Self> {
         const SINGLE: &str = "model.safetensors";
         const INDEX: &str = "model.safetensors.index.json";
@@ -431,17 +613,18 @@ impl TensorFiles {
         let tensor = Tensor::from_raw_buffer(bytes, stored, &info.shape, &Device::Cpu)?
             .to_dtype(dtype)?
             .to_device(device)?;
-        // SAFETY: the bytes were copied into `tensor` above and nothing keeps a reference into
-        // this range; DONTNEED on a read-only file mapping only drops resident pages, which the
-        // kernel re-reads from the file should they be touched again.
-        unsafe {
-            let _ = file.mmap.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                file.data_start + begin,
-                end - begin,
-            );
-        }
+        release_pages(&file.mmap, file.data_start + begin, end - begin);
         Ok(tensor)
+    }
+}
+
+/// Drops the resident pages of a mapped range once its bytes have been copied or hashed.
+fn release_pages(mmap: &Mmap, offset: usize, len: usize) {
+    // SAFETY: callers have finished reading this range and keep no reference into it;
+    // DONTNEED on a read-only file mapping only drops resident pages, which the kernel reads
+    // from the file again should they be touched later.
+    unsafe {
+        let _ = mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len);
     }
 }
 

@@ -19,7 +19,9 @@ pub mod error;
 pub mod model;
 pub mod tokenize;
 
-pub use checkpoint::{LoadOptions, RetrievalFolder};
+pub use checkpoint::{CaptionFolder, LoadOptions, RetrievalFolder};
 pub use error::{Error, Result};
+pub use model::captioner::{CaptionPrecision, Captioner};
+pub use model::generate::GenerationSettings;
 pub use model::{ItmScores, Retriever, TextBatch};
 pub use quarry_indexer as indexer;

@@ -24,9 +24,9 @@ to measure load time and memory. Keep it outside the repository.
 
 How to run (dev machine only; torch is never needed in CI)
 ----------
-    /work/venv/bin/python tools/bench_torch_image_embedding.py --batch 4 --iters 3
-    /work/venv/bin/python tools/bench_torch_image_embedding.py --dtype bfloat16 --threads 8
-    /work/venv/bin/python tools/bench_torch_image_embedding.py --save-checkpoint /work/bigckpt
+    .venv/bin/python tools/bench_torch_image_embedding.py --batch 4 --iters 3
+    .venv/bin/python tools/bench_torch_image_embedding.py --dtype bfloat16 --threads 8
+    .venv/bin/python tools/bench_torch_image_embedding.py --save-checkpoint ../bigckpt
 
 Expect several seconds per image in float32 on a small CPU.
 """
@@ -51,7 +51,10 @@ from blip2_hub_layout import (  # noqa: E402
     read_safetensors_layout,
 )
 
-DEFAULT_TOKENIZER = "/work/shared/data/tokenizers/bert-base-uncased-blip2"
+# The shared data folder sits beside the checkout (../shared), read-only.
+DEFAULT_TOKENIZER = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "shared", "data", "tokenizers", "bert-base-uncased-blip2")
 
 
 def real_config():

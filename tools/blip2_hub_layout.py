@@ -155,3 +155,78 @@ def read_safetensors_layout(folder):
             shapes[name] = tuple(info["shape"])
             dtypes[name] = info["dtype"]
     return shapes, dtypes, files
+
+
+# --------------------------------------------------------------------------- captioning
+
+
+def expected_caption_layout(cfg, lm_head_stored):
+    """Return {tensor_name: shape_tuple} for a Blip2ForConditionalGeneration (OPT) checkpoint
+    (shared/design/blip2-reference.md sections 2.1, 2.2 and 2.4).
+
+    `cfg` is the plain dict of `caption_layout_from_hf_config`: the retrieval keys for
+    vision/qformer/num_query_tokens plus
+      opt: hidden, layers, ffn, vocab_size, max_position_embeddings, word_embed_proj_dim
+    Captioning checkpoints have no Q-Former text FFN (`intermediate`/`output`), no
+    `embeddings.*`, no projections or ITM head. `language_model.lm_head.weight` is tied to
+    `embed_tokens`; old hub shards store it (`lm_head_stored=True`), new ones do not.
+    """
+    import re
+
+    # Reuse the vision / Q-Former part of the retrieval layout and drop what only the
+    # retrieval model has.
+    retrieval_cfg = dict(cfg)
+    retrieval_cfg["qformer"] = dict(cfg["qformer"], vocab_size=1, max_position_embeddings=1)
+    retrieval_cfg["image_text_hidden_size"] = 1
+    text_ffn = re.compile(r"^qformer\.encoder\.layer\.\d+\.(intermediate|output)\.")
+    out = {
+        k: v
+        for k, v in expected_retrieval_layout(retrieval_cfg).items()
+        if not (
+            k.startswith(("embeddings.", "vision_projection.", "text_projection.", "itm_head."))
+            or text_ffn.match(k)
+        )
+    }
+
+    o = cfg["opt"]
+    h, d_word = o["hidden"], o["word_embed_proj_dim"]
+    out["language_projection.weight"] = (h, cfg["qformer"]["hidden"])
+    out["language_projection.bias"] = (h,)
+    p = "language_model.model.decoder."
+    out[p + "embed_tokens.weight"] = (o["vocab_size"], d_word)
+    out[p + "embed_positions.weight"] = (o["max_position_embeddings"] + 2, h)  # OPT offset 2
+    if d_word != h:
+        out[p + "project_in.weight"] = (h, d_word)
+        out[p + "project_out.weight"] = (d_word, h)
+    for i in range(o["layers"]):
+        lp = f"{p}layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            out[lp + f"self_attn.{proj}.weight"] = (h, h)
+            out[lp + f"self_attn.{proj}.bias"] = (h,)
+        for ln in ("self_attn_layer_norm", "final_layer_norm"):
+            out[lp + ln + ".weight"] = (h,)
+            out[lp + ln + ".bias"] = (h,)
+        out[lp + "fc1.weight"] = (o["ffn"], h)
+        out[lp + "fc1.bias"] = (o["ffn"],)
+        out[lp + "fc2.weight"] = (h, o["ffn"])
+        out[lp + "fc2.bias"] = (h,)
+    out[p + "final_layer_norm.weight"] = (h,)
+    out[p + "final_layer_norm.bias"] = (h,)
+    if lm_head_stored:
+        out["language_model.lm_head.weight"] = (o["vocab_size"], d_word)
+    return out
+
+
+def caption_layout_from_hf_config(config):
+    """Plain-dict description of a transformers Blip2Config with an OPT text_config."""
+    base = layout_from_hf_config(config)
+    t = config.text_config
+    base["opt"] = {
+        "hidden": t.hidden_size,
+        "layers": t.num_hidden_layers,
+        "ffn": t.ffn_dim,
+        "vocab_size": t.vocab_size,
+        "max_position_embeddings": t.max_position_embeddings,
+        "word_embed_proj_dim": t.word_embed_proj_dim,
+    }
+    return base

@@ -14,7 +14,7 @@ CI never runs this script.
 
 How to run
 ----------
-    /work/venv/bin/python tools/make_retrieval_fixtures.py
+    .venv/bin/python tools/make_retrieval_fixtures.py
 
 (or any venv with torch + "transformers>=4.57,<5" + pillow + numpy + safetensors; see
 tools/README.md). It is deterministic (fixed seeds, single thread) and rewrites
@@ -65,7 +65,10 @@ from blip2_hub_layout import (  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO_ROOT, "fixtures", "retrieval")
-DEFAULT_TOKENIZER = "/work/shared/data/tokenizers/bert-base-uncased-blip2"
+# The shared data folder sits beside the checkout (../shared), read-only.
+DEFAULT_TOKENIZER = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "shared", "data", "tokenizers", "bert-base-uncased-blip2")
 
 MAX_TEXT_LEN = 35  # LAVIS retrieval evaluation setting
 VOCAB_SIZE = 30523  # bert-base-uncased + "[DEC]"

@@ -101,6 +101,53 @@ mod tests {
         out
     }
 
+    /// A JPEG whose EXIF says "rotate 90° clockwise to display" (orientation 6).
+    fn jpeg_with_orientation(width: u32, height: u32, orientation: u8) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(width, height, |x, _| {
+            if x < width / 2 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let mut jpeg = Vec::new();
+        DynamicImage::ImageRgb8(img)
+            .write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .unwrap();
+        // APP1 "Exif": big-endian TIFF header, one IFD entry 0x0112 (SHORT) = orientation.
+        let mut tiff = b"MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0".to_vec();
+        tiff.extend([orientation, 0, 0, 0, 0, 0, 0]);
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend(tiff);
+        let len = (app1.len() + 2) as u16;
+        let mut out = jpeg[..2].to_vec();
+        out.extend([0xFF, 0xE1]);
+        out.extend(len.to_be_bytes());
+        out.extend(app1);
+        out.extend(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        let limits = DecodeLimits::default();
+        let upright =
+            decode_bytes(&jpeg_with_orientation(16, 8, 1), Path::new("u.jpg"), limits).unwrap();
+        assert_eq!(upright.dimensions(), (16, 8));
+        let rotated =
+            decode_bytes(&jpeg_with_orientation(16, 8, 6), Path::new("r.jpg"), limits).unwrap();
+        assert_eq!(
+            rotated.dimensions(),
+            (8, 16),
+            "orientation 6 turns a landscape file upright"
+        );
+        // The red left half of the stored image becomes the top half after a clockwise turn.
+        let top = rotated.get_pixel(4, 2).0;
+        let bottom = rotated.get_pixel(4, 13).0;
+        assert!(top[0] > 200 && top[2] < 60, "top {top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
+    }
+
     #[test]
     fn alpha_is_dropped_not_composited() {
         let rgba = image::RgbaImage::from_pixel(3, 2, image::Rgba([10, 20, 30, 0]));

@@ -1,6 +1,7 @@
 //! Subcommands, one file each. Their flags and JSON output are a contract used by checks
 //! outside the repository: keep names and keys as they are.
 
+mod caption;
 mod embed_image;
 mod embed_text;
 mod match_pair;
@@ -26,6 +27,8 @@ enum Command {
     EmbedText(embed_text::Args),
     /// Score one image against one text with ITC and ITM.
     Match(match_pair::Args),
+    /// Caption images (or answer a prompt about them) with a BLIP-2 OPT model.
+    Caption(caption::Args),
 }
 
 /// Runs the command line; errors are printed with their causes and give exit code 1 (bad
@@ -36,6 +39,7 @@ pub fn run() -> ExitCode {
         Command::EmbedImage(a) => embed_image::run(a),
         Command::EmbedText(a) => embed_text::run(a),
         Command::Match(a) => match_pair::run(a),
+        Command::Caption(a) => caption::run(a),
     };
     match result {
         Ok(code) => code,

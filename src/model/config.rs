@@ -198,6 +198,14 @@ pub struct Blip2Config {
     /// Must be `"blip-2"`.
     #[serde(default)]
     pub model_type: Option<String>,
+    /// Id of the `<image>` placeholder token in the language model's vocabulary; absent in the
+    /// legacy captioning layout, where the visual rows are concatenated in front instead.
+    #[serde(default)]
+    pub image_token_index: Option<u32>,
+    /// The language model's configuration (read by the captioning loader; the retrieval model
+    /// carries a dummy one).
+    #[serde(default)]
+    pub text_config: Option<serde_json::Value>,
 }
 
 impl Blip2Config {

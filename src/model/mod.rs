@@ -4,12 +4,16 @@
 //! [`Retriever`] is the facade for `Blip2ForImageTextRetrieval`: image and text embeddings for
 //! ITC, and ITM scores for re-ranking.
 
+pub mod captioner;
 pub mod config;
+pub mod generate;
 mod heads;
 mod kernels;
 pub mod layers;
+pub mod opt;
 pub mod qformer;
 mod random_weights;
+pub mod shared_vision;
 pub mod vision;
 
 use candle_core::{DType, Device, Tensor, D};
@@ -42,14 +46,53 @@ pub struct ItmScores {
     pub logit: Vec<f32>,
 }
 
+/// The learned query tokens and the Q-Former: what both BLIP-2 facades share.
+#[derive(Debug, Clone)]
+pub(crate) struct QueryingTransformer {
+    query_tokens: Tensor,
+    qformer: QFormer,
+    num_query_tokens: usize,
+}
+
+impl QueryingTransformer {
+    /// Loads `query_tokens` and `qformer.*` from the checkpoint's top level (f32).
+    pub(crate) fn new(config: &Blip2Config, vb: VarBuilder) -> Result<Self> {
+        let q = &config.qformer_config;
+        let query_tokens = vb.get((1, config.num_query_tokens, q.hidden_size), "query_tokens")?;
+        let qformer = QFormer::new(q, config.vision_config.hidden_size, vb.pp("qformer"))?;
+        Ok(Self {
+            query_tokens,
+            qformer,
+            num_query_tokens: config.num_query_tokens,
+        })
+    }
+
+    /// The query tokens repeated for a batch.
+    fn queries(&self, batch: usize) -> candle_core::Result<Tensor> {
+        let (_, q, h) = self.query_tokens.dims3()?;
+        self.query_tokens.expand((batch, q, h))
+    }
+
+    /// Image mode: image tokens [B, T, vision hidden] → query outputs [B, Q, hidden].
+    pub(crate) fn image_mode(&self, image_tokens: &Tensor) -> Result<Tensor> {
+        let memory = self.qformer.image_memory(image_tokens)?;
+        let b = image_tokens.dim(0)?;
+        Ok(self.qformer.forward(
+            &self.queries(b)?,
+            self.num_query_tokens,
+            None,
+            Some(&memory),
+        )?)
+    }
+}
+
 /// `Blip2ForImageTextRetrieval`: ViT → Q-Former → ITC projections and the ITM head.
 #[derive(Debug, Clone)]
 pub struct Retriever {
     config: Blip2Config,
     vision: VisionModel,
-    query_tokens: Tensor,
+    queries: QueryingTransformer,
     text_embeddings: TextEmbeddings,
-    qformer: QFormer,
     heads: RetrievalHeads,
     device: Device,
 }
@@ -63,12 +106,10 @@ impl Retriever {
         let v = &config.vision_config;
         let vb32 = vb.set_dtype(DType::F32);
         let vision = VisionModel::new(v, vb32.pp("vision_model").to_dtype(vision_dtype))?;
-        let query_tokens = vb32.get((1, config.num_query_tokens, q.hidden_size), "query_tokens")?;
         Ok(Self {
             vision,
-            query_tokens,
+            queries: QueryingTransformer::new(config, vb32.clone())?,
             text_embeddings: TextEmbeddings::new(q, vb32.pp("embeddings"))?,
-            qformer: QFormer::new(q, v.hidden_size, vb32.pp("qformer"))?,
             heads: RetrievalHeads::new(q.hidden_size, config.image_text_hidden_size, vb32.clone())?,
             device: vb32.device().clone(),
             config: config.clone(),
@@ -98,24 +139,12 @@ impl Retriever {
 
     /// Image tokens → the Q-Former's cross-attention memory.
     pub fn image_memory(&self, image_tokens: &Tensor) -> Result<ImageMemory> {
-        Ok(self.qformer.image_memory(image_tokens)?)
-    }
-
-    fn queries(&self, batch: usize) -> candle_core::Result<Tensor> {
-        let (_, q, h) = self.query_tokens.dims3()?;
-        self.query_tokens.expand((batch, q, h))
+        Ok(self.queries.qformer.image_memory(image_tokens)?)
     }
 
     /// Image mode: the query outputs [B, Q, hidden] for image tokens [B, T, vision hidden].
     pub fn image_query_output(&self, image_tokens: &Tensor) -> Result<Tensor> {
-        let memory = self.image_memory(image_tokens)?;
-        let b = image_tokens.dim(0)?;
-        Ok(self.qformer.forward(
-            &self.queries(b)?,
-            self.config.num_query_tokens,
-            None,
-            Some(&memory),
-        )?)
+        self.queries.image_mode(image_tokens)
     }
 
     /// Image tokens → ITC unit vectors [B, Q, D].
@@ -134,7 +163,10 @@ impl Retriever {
     pub fn text_hidden(&self, text: &TextBatch) -> Result<Tensor> {
         let embeds = self.text_embeddings.forward(&text.input_ids)?;
         let mask = layers::additive_mask(&text.attention_mask)?;
-        Ok(self.qformer.forward(&embeds, 0, Some(&mask), None)?)
+        Ok(self
+            .queries
+            .qformer
+            .forward(&embeds, 0, Some(&mask), None)?)
     }
 
     /// Texts → ITC unit vectors [B, D] (the [CLS] output, projected).
@@ -151,7 +183,7 @@ impl Retriever {
         let nq = self.config.num_query_tokens;
         let embeds = Tensor::cat(
             &[
-                &self.queries(b)?,
+                &self.queries.queries(b)?,
                 &self.text_embeddings.forward(&text.input_ids)?,
             ],
             1,
@@ -160,6 +192,7 @@ impl Retriever {
         let mask = Tensor::cat(&[&query_mask, &text.attention_mask], 1)?;
         let mask = layers::additive_mask(&mask)?;
         Ok(self
+            .queries
             .qformer
             .forward(&embeds, nq, Some(&mask), Some(memory))?)
     }
