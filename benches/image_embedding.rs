@@ -11,6 +11,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use quarry::model::{Blip2Config, RandomWeights};
 use quarry::Retriever;
 
+// The `quarry` binary's allocator (see src/main.rs), so these numbers are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn image_embedding(c: &mut Criterion) {
     let batch: usize = std::env::var("QUARRY_BENCH_BATCH")
         .ok()

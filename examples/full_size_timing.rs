@@ -7,6 +7,10 @@ use candle_core::{DType, Device, Tensor};
 use quarry::model::{Blip2Config, RandomWeights};
 use quarry::Retriever;
 
+// The `quarry` binary's allocator (see src/main.rs), so these numbers are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let batch: usize = std::env::args()
         .nth(1)

@@ -1,6 +1,10 @@
 //! Runs the real-size ViT a few times on fixed weights, for `perf record`.
 
 use candle_core::{DType, Device, Tensor};
+
+// Same allocator as the `quarry` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use quarry::model::{Blip2Config, RandomWeights};
 
 fn main() {

@@ -9,9 +9,9 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use super::generate::{beam_search, greedy, GenerationSettings, StepModel};
+use super::generate::{beam_search, greedy, GenerationSettings};
 use super::layers::Linear;
-use super::opt::{KvCache, OptConfig, OptDecoder};
+use super::opt::{DecoderState, OptConfig, OptDecoder};
 use super::vision::VisionModel;
 use super::{Blip2Config, QueryingTransformer};
 use crate::error::{Error, Result};
@@ -107,25 +107,30 @@ impl Captioner {
         Ok(rows)
     }
 
-    /// The token sequence the model reads for a prompt (as token ids including `</s>`): the
-    /// image placeholders (current hub layout) and the prompt. Padding is added on the left.
-    fn input_ids(&self, prompt: &[u32]) -> Vec<u32> {
-        let mut ids = Vec::with_capacity(self.num_query_tokens + prompt.len());
-        if let Some(image) = self.image_token_index {
-            ids.extend(std::iter::repeat_n(image, self.num_query_tokens));
-        }
+    /// The token history the logits processors start from, as transformers 4.57 builds it:
+    /// with `<image>` placeholders (current layout) the whole input sequence
+    /// `[<image>×Q][pad…][</s>, prompt…]`; in the legacy layout, generated through
+    /// `inputs_embeds` as LAVIS does, nothing (the processors see generated tokens only).
+    fn processor_history(&self, pad_len: usize, prompt: &[u32]) -> Vec<u32> {
+        let Some(image) = self.image_token_index else {
+            return Vec::new();
+        };
+        let pad = self.language_model.config().pad_token_id;
+        let mut ids = vec![image; self.num_query_tokens];
+        ids.extend(std::iter::repeat_n(pad, pad_len));
         ids.extend_from_slice(prompt);
         ids
     }
 
-    /// Runs the visual rows and prompts through OPT. Returns the model state after the inputs,
-    /// the logits of the next token [B, vocab] and each row's input ids (as the logits
-    /// processors see them, padding included).
+    /// Runs the visual rows and prompts through OPT. Each row is `[visual×Q][pad…][prompt]`
+    /// (prompts left-padded after the visual rows, as `Blip2Processor` and LAVIS place them).
+    /// Returns the decoder state after the inputs, the logits of the next token [B, vocab] and
+    /// each row's logits-processor history.
     pub fn prefill(
         &self,
         visual_rows: &Tensor,
         prompts: &[Vec<u32>],
-    ) -> Result<(OptState<'_>, Tensor, Vec<Vec<u32>>)> {
+    ) -> Result<(DecoderState<'_>, Tensor, Vec<Vec<u32>>)> {
         let b = visual_rows.dim(0)?;
         if prompts.len() != b {
             return Err(Error::Config(format!(
@@ -144,7 +149,8 @@ impl Captioner {
         let max_positions = self.language_model.config().max_position_embeddings;
         if total > max_positions {
             return Err(Error::Config(format!(
-                "the prompt has {longest} tokens; with {q} image rows that exceeds the language model's {max_positions} positions"
+                "the prompt has {longest} tokens; with {q} image rows that exceeds the language \
+                 model's {max_positions} positions"
             )));
         }
         let pad = self.language_model.config().pad_token_id;
@@ -155,35 +161,21 @@ impl Captioner {
             let pad_len = longest - prompt.len();
             let mut ids = vec![pad; pad_len];
             ids.extend(prompt);
-            let embeds = self
+            let text = self
                 .language_model
                 .embed(&Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?)?;
-            let text = embeds.narrow(1, pad_len, prompt.len())?;
-            let visual = visual_rows.narrow(0, i, 1)?.to_dtype(embeds.dtype())?;
-            let row = if pad_len == 0 {
-                Tensor::cat(&[&visual, &text], 1)?
-            } else {
-                Tensor::cat(&[&embeds.narrow(1, 0, pad_len)?, &visual, &text], 1)?
-            };
-            rows.push(row);
+            let visual = visual_rows.narrow(0, i, 1)?.to_dtype(text.dtype())?;
+            rows.push(Tensor::cat(&[&visual, &text], 1)?);
             mask.extend(
-                std::iter::repeat_n(0u32, pad_len)
-                    .chain(std::iter::repeat_n(1u32, q + prompt.len())),
+                std::iter::repeat_n(1u32, q)
+                    .chain(std::iter::repeat_n(0u32, pad_len))
+                    .chain(std::iter::repeat_n(1u32, prompt.len())),
             );
-            let mut history = vec![pad; pad_len];
-            history.extend(self.input_ids(prompt));
-            histories.push(history);
+            histories.push(self.processor_history(pad_len, prompt));
         }
         let embeds = Tensor::cat(&rows, 0)?;
         let mask = Tensor::from_vec(mask, (b, total), &self.device)?;
-        let mut state = OptState {
-            model: &self.language_model,
-            cache: KvCache::new(),
-            mask,
-        };
-        let logits = self
-            .language_model
-            .forward(&embeds, &state.mask, &mut state.cache)?;
+        let (state, logits) = DecoderState::prefill(&self.language_model, &embeds, mask)?;
         Ok((state, logits, histories))
     }
 
@@ -227,37 +219,5 @@ impl Captioner {
                 })
                 .collect())
         }
-    }
-}
-
-/// The decoder with its cache and padding mask: what the search steps.
-#[derive(Debug)]
-pub struct OptState<'a> {
-    model: &'a OptDecoder,
-    cache: KvCache,
-    mask: Tensor,
-}
-
-impl StepModel for OptState<'_> {
-    fn step(&mut self, tokens: &[u32]) -> candle_core::Result<Tensor> {
-        let device = self.mask.device().clone();
-        let ids = Tensor::new(tokens, &device)?.unsqueeze(1)?;
-        let embeds = self.model.embed(&ids)?;
-        let ones = Tensor::ones((tokens.len(), 1), self.mask.dtype(), &device)?;
-        self.mask = Tensor::cat(&[&self.mask, &ones], 1)?;
-        self.model.forward(&embeds, &self.mask, &mut self.cache)
-    }
-
-    fn select_rows(&mut self, rows: &[usize]) -> candle_core::Result<()> {
-        let idx = Tensor::new(
-            rows.iter()
-                .map(|&r| r as u32)
-                .collect::<Vec<_>>()
-                .as_slice(),
-            self.mask.device(),
-        )?;
-        self.cache.select_rows(&idx)?;
-        self.mask = self.mask.index_select(&idx, 0)?;
-        Ok(())
     }
 }

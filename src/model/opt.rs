@@ -12,6 +12,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use super::generate::StepModel;
 use super::layers::{attention, merge_heads, split_heads, LayerNorm, Linear};
 
 /// `text_config` of a BLIP-2 captioning checkpoint (defaults of transformers' `OPTConfig`).
@@ -394,6 +395,52 @@ impl OptDecoder {
         last.squeeze(1)?
             .matmul(&self.lm_head.t()?)?
             .to_dtype(DType::F32)
+    }
+}
+
+/// The decoder with its cache and padding mask: what greedy and beam search step.
+#[derive(Debug)]
+pub struct DecoderState<'a> {
+    model: &'a OptDecoder,
+    cache: KvCache,
+    mask: Tensor,
+}
+
+impl<'a> DecoderState<'a> {
+    /// Runs the input embeddings [B, T, embed_dim] with their 0/1 padding mask [B, T]; returns
+    /// the state and the next-token logits [B, vocab].
+    pub fn prefill(model: &'a OptDecoder, embeds: &Tensor, mask: Tensor) -> Result<(Self, Tensor)> {
+        let mut cache = KvCache::new();
+        let logits = model.forward(embeds, &mask, &mut cache)?;
+        Ok((Self { model, cache, mask }, logits))
+    }
+
+    /// As [`DecoderState::prefill`], from token ids [B, T].
+    pub fn prefill_ids(
+        model: &'a OptDecoder,
+        ids: &Tensor,
+        mask: Tensor,
+    ) -> Result<(Self, Tensor)> {
+        Self::prefill(model, &model.embed(ids)?, mask)
+    }
+}
+
+impl StepModel for DecoderState<'_> {
+    fn step(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        let device = self.mask.device().clone();
+        let ids = Tensor::new(tokens, &device)?.unsqueeze(1)?;
+        let embeds = self.model.embed(&ids)?;
+        let ones = Tensor::ones((tokens.len(), 1), self.mask.dtype(), &device)?;
+        self.mask = Tensor::cat(&[&self.mask, &ones], 1)?;
+        self.model.forward(&embeds, &self.mask, &mut self.cache)
+    }
+
+    fn select_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let rows: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = Tensor::new(rows.as_slice(), self.mask.device())?;
+        self.cache.select_rows(&idx)?;
+        self.mask = self.mask.index_select(&idx, 0)?;
+        Ok(())
     }
 }
 
