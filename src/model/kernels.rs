@@ -7,7 +7,7 @@
 //! with erf, LayerNorm with the mean subtracted before the variance — and fall back to plain
 //! tensor ops on other devices and dtypes, so CUDA and half precision keep working unchanged.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// Rows per rayon task: large enough that scheduling costs nothing next to the work.
@@ -135,6 +135,124 @@ pub fn layer_norm(
         .to_dtype(dtype)
 }
 
+/// Most rows for which [`skinny_matmul`] is used: decoding steps (one token per beam) and
+/// small batches. Larger inputs go to candle's GEMM, which is faster there.
+pub const SKINNY_MAX_ROWS: usize = 16;
+
+/// Output columns per rayon task.
+const COLUMNS_PER_TASK: usize = 64;
+
+/// Widens a stored weight row to f32.
+fn widen_row(row: &CpuStorage, start: usize, len: usize, out: &mut [f32]) {
+    match row {
+        CpuStorage::F32(w) => out.copy_from_slice(&w[start..start + len]),
+        CpuStorage::BF16(w) => {
+            for (o, v) in out.iter_mut().zip(&w[start..start + len]) {
+                *o = f32::from_bits(u32::from(v.to_bits()) << 16);
+            }
+        }
+        CpuStorage::F16(w) => {
+            use half::slice::HalfFloatSliceExt;
+            w[start..start + len].convert_to_f32_slice(out);
+        }
+        _ => unreachable!("checked by the caller"),
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent sums let the compiler keep a vector register of partial sums.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+struct SkinnyMatmul;
+
+impl CustomOp2 for SkinnyMatmul {
+    fn name(&self) -> &'static str {
+        "quarry-skinny-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "skinny_matmul input")?;
+        let (rows, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("skinny_matmul: input width {k} but weight width {k2}");
+        }
+        let (w_start, _) = l2.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("skinny_matmul: weight must be contiguous".into())
+        })?;
+        if !matches!(
+            s2,
+            CpuStorage::F32(_) | CpuStorage::BF16(_) | CpuStorage::F16(_)
+        ) {
+            candle_core::bail!("skinny_matmul: unsupported weight dtype");
+        }
+        // out is [n, rows] while computing (one weight row serves every input row), then
+        // transposed to [rows, n].
+        let mut by_column = vec![0f32; n * rows];
+        by_column
+            .par_chunks_mut(COLUMNS_PER_TASK * rows)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let mut w = vec![0f32; k];
+                for (j, col) in out.chunks_exact_mut(rows).enumerate() {
+                    let c = task * COLUMNS_PER_TASK + j;
+                    widen_row(s2, w_start + c * k, k, &mut w);
+                    for (r, o) in col.iter_mut().enumerate() {
+                        *o = dot(&x[r * k..(r + 1) * k], &w);
+                    }
+                }
+            });
+        let mut out = vec![0f32; rows * n];
+        for c in 0..n {
+            for r in 0..rows {
+                out[r * n + c] = by_column[c * rows + r];
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[rows, n])))
+    }
+}
+
+/// `x [rows, k] · weightᵀ` for a `[n, k]` weight kept in its stored layout and precision
+/// (f32, f16 or bf16), accumulated in f32, for few rows on the CPU.
+///
+/// Decoding a caption multiplies one row per beam by every weight matrix: a memory-bound
+/// matrix–vector product. candle's GEMM widens a whole bf16 weight to f32 on every call (ten
+/// times slower than reading it); this streams each weight row once, widening on the fly, so a
+/// half-precision model decodes at the speed its halved memory traffic allows. Returns `None`
+/// when the inputs do not qualify (device, row count, layout), for the caller to use `matmul`.
+pub fn skinny_matmul(x: &Tensor, weight: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let (rows, _) = x.dims2()?;
+    if !x.device().is_cpu()
+        || rows > SKINNY_MAX_ROWS
+        || !weight.is_contiguous()
+        || weight.rank() != 2
+    {
+        return Ok(None);
+    }
+    let out_dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    Ok(Some(
+        x.apply_op2_no_bwd(weight, &SkinnyMatmul)?
+            .to_dtype(out_dtype)?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::Device;
@@ -184,6 +302,40 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-5, "layer norm differs by {diff}");
+
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let w = Tensor::randn(0f32, 1.0, (70, 96), &d)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let x = Tensor::randn(0f32, 1.0, (3, 96), &d)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let fast = skinny_matmul(&x, &w).unwrap().unwrap();
+            let reference = x
+                .to_dtype(DType::F64)
+                .unwrap()
+                .matmul(&w.to_dtype(DType::F64).unwrap().t().unwrap())
+                .unwrap();
+            assert_eq!(fast.dtype(), dtype);
+            let diff = (fast.to_dtype(DType::F64).unwrap() - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            let tol = if dtype == DType::F32 { 1e-4 } else { 0.1 };
+            assert!(diff < tol, "{dtype:?} skinny matmul differs by {diff}");
+        }
+        let big = Tensor::zeros((SKINNY_MAX_ROWS + 1, 96), DType::F32, &d).unwrap();
+        assert!(
+            skinny_matmul(&big, &Tensor::zeros((4, 96), DType::F32, &d).unwrap())
+                .unwrap()
+                .is_none()
+        );
 
         let g = gelu_erf(&x.affine(0.2, -6.0).unwrap()).unwrap();
         let reference = x.affine(0.2, -6.0).unwrap().gelu_erf().unwrap();

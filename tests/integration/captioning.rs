@@ -299,3 +299,169 @@ fn opt_with_projections_matches_transformers() {
         println!("PARITY opt_proj_lm: generate {case} token ids identical");
     }
 }
+
+fn quarry(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn caption_cli_json_gives_transformers_ids_and_reports_bad_input() {
+    let f = open("opt_current");
+    let model = fixtures().join("opt_current");
+    let images = fixtures().join("images");
+    let img0 = images.join("opt_current_exact_0.png");
+    let bad = tempfile::NamedTempFile::with_suffix(".png").unwrap();
+    std::fs::write(bad.path(), b"\x89PNG truncated").unwrap();
+    let out = quarry(&[
+        "caption",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        "--prompt",
+        "a photo of",
+        "--num-beams",
+        "5",
+        "--max-new-tokens",
+        "10",
+        "--min-new-tokens",
+        "4",
+        img0.to_str().unwrap(),
+        bad.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "a bad image gives exit code 1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(bad.path().to_str().unwrap()), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "the good image is still captioned");
+    let case = &f.json["generation"]["beam5_prompt_min4_img0"];
+    let want = ids_of(&case["new_tokens"][0]);
+    assert_eq!(ids_of(&lines[0]["token_ids"]), want);
+    assert_eq!(
+        lines[0]["caption"].as_str().unwrap(),
+        f.folder.decode(&want).unwrap()
+    );
+    assert_eq!(lines[0]["path"].as_str().unwrap(), img0.to_str().unwrap());
+}
+
+#[test]
+fn wrong_folder_and_overlong_prompt_are_clear_errors() {
+    let retrieval =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/retrieval/small_a");
+    let e = CaptionFolder::open(&retrieval).unwrap_err().to_string();
+    assert!(e.contains("is not a captioning model"), "{e}");
+    let out = quarry(&["caption", "--model", retrieval.to_str().unwrap(), "x.png"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Blip2ForConditionalGeneration"));
+
+    // The fixture's OPT has 64 positions; 6 image rows + this prompt do not fit.
+    let f = open("opt_legacy");
+    let long = "word ".repeat(80);
+    let prompt = f.folder.encode_prompt(&long).unwrap();
+    let e = f
+        .model
+        .generate(
+            &f.pixels(&[0]),
+            &[prompt],
+            &settings_of(&f, &serde_json::json!({"max_new_tokens": 3})),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("exceeds the language model's 64 positions"),
+        "{e}"
+    );
+    // Generation that would run past the positions stops with an error, not a panic.
+    let e = f
+        .model
+        .generate(
+            &f.pixels(&[0]),
+            &[f.folder.encode_prompt("").unwrap()],
+            &settings_of(
+                &f,
+                &serde_json::json!({"max_new_tokens": 200, "min_new_tokens": 200}),
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("positions"), "{e}");
+}
+
+/// When the retrieval and captioning checkpoints share the ViT trunk (all but
+/// `post_layernorm`), one pass serves both and gives exactly what two passes give.
+#[test]
+fn shared_vit_trunk_is_detected_and_gives_identical_tokens() {
+    use quarry::model::shared_vision::ImageEncoders;
+    use quarry::{LoadOptions, RetrievalFolder};
+
+    // Build a retrieval folder whose trunk is opt_current's (same vision config: 56 px, 48 wide,
+    // 2 layers), with its own post_layernorm, from the small_a fixture.
+    let small_a =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/retrieval/small_a");
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&small_a).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let caption_dir = fixtures().join("opt_current");
+    let mut caption_weights = std::collections::HashMap::new();
+    for shard in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
+        caption_weights
+            .extend(candle_core::safetensors::load(caption_dir.join(shard), &Device::Cpu).unwrap());
+    }
+    let path = dir.path().join("model.safetensors");
+    let mut weights = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    for (name, t) in &caption_weights {
+        if name.starts_with("vision_model.") && !name.starts_with("vision_model.post_layernorm") {
+            assert_eq!(weights[name].dims(), t.dims(), "{name}");
+            weights.insert(name.clone(), t.clone());
+        }
+    }
+    candle_core::safetensors::save(&weights, &path).unwrap();
+
+    let retrieval = RetrievalFolder::open(dir.path()).unwrap();
+    let captioning = CaptionFolder::open(&caption_dir).unwrap();
+    let original = RetrievalFolder::open(&small_a).unwrap();
+    let shared = retrieval.vision_trunk_fingerprint().unwrap();
+    assert_eq!(shared, captioning.vision_trunk_fingerprint().unwrap());
+    assert_ne!(original.vision_trunk_fingerprint().unwrap(), shared);
+
+    let retriever = retrieval.load(&LoadOptions::default()).unwrap();
+    let captioner = captioning
+        .load(&Device::Cpu, CaptionPrecision::default())
+        .unwrap();
+    let f = open("opt_current");
+    let pixels = f.pixels(&[0, 1]);
+    let one_pass = ImageEncoders::new(&retriever, Some(&captioner), true);
+    let two_passes = ImageEncoders::new(&retriever, Some(&captioner), false);
+    assert!(one_pass.shares_trunk() && !two_passes.shares_trunk());
+    let a = one_pass.encode(&pixels).unwrap();
+    let b = two_passes.encode(&pixels).unwrap();
+    assert_eq!(
+        crate::support::max_abs_diff(&a.retrieval, &b.retrieval),
+        0.0
+    );
+    assert_eq!(
+        crate::support::max_abs_diff(
+            a.captioning.as_ref().unwrap(),
+            b.captioning.as_ref().unwrap()
+        ),
+        0.0
+    );
+    // And the captioning tokens are what transformers' captioning ViT gives.
+    assert_close(
+        "shared trunk: captioning ViT output",
+        a.captioning.as_ref().unwrap(),
+        &f.t("vision_last_hidden_state").i(0..2).unwrap(),
+        TOL,
+    );
+}
