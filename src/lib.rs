@@ -12,6 +12,10 @@
 //!    output, projected to one unit vector (ITC text side).
 //! 5. ITC = max over the query vectors of the cosine; ITM runs queries and text jointly and
 //!    averages the match head over the queries.
+//! 6. Captions: the captioning checkpoint's Q-Former output, projected into OPT's input space,
+//!    precedes `</s>` and an optional prompt; [`model::generate`] decodes greedily or with beam
+//!    search exactly as transformers does. The ViT trunk is shared with the retrieval model
+//!    when both checkpoints carry the same one ([`model::shared_vision`]).
 
 pub mod checkpoint;
 pub mod device;

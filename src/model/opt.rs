@@ -268,7 +268,7 @@ pub struct OptDecoder {
     project_out: Option<Linear>,
     layers: Vec<DecoderLayer>,
     final_layer_norm: Option<LayerNorm>,
-    lm_head: Tensor,
+    lm_head: Linear,
     dtype: DType,
     config: OptConfig,
 }
@@ -306,11 +306,14 @@ impl OptDecoder {
                 d.pp("final_layer_norm"),
             )?)
         };
-        let lm_head = if vb.contains_tensor("lm_head.weight") {
-            vb.get((cfg.vocab_size, e), "lm_head.weight")?
-        } else {
-            embed_tokens.clone()
-        };
+        let lm_head = Linear::from_parts(
+            if vb.contains_tensor("lm_head.weight") {
+                vb.get((cfg.vocab_size, e), "lm_head.weight")?
+            } else {
+                embed_tokens.clone()
+            },
+            None,
+        );
         Ok(Self {
             embed_tokens,
             embed_positions,
@@ -392,8 +395,10 @@ impl OptDecoder {
             Some(p) => p.forward(&last)?,
             None => last,
         };
-        last.squeeze(1)?
-            .matmul(&self.lm_head.t()?)?
+        // The head is the largest matrix (vocab × embed_dim) and is multiplied by one row per
+        // sequence: the same memory-bound product as the layers' at decode time.
+        self.lm_head
+            .forward(&last.squeeze(1)?)?
             .to_dtype(DType::F32)
     }
 }
