@@ -66,26 +66,12 @@ impl RetrievalFolder {
     /// Opens a model folder: reads the configuration, preprocessing and tokenizer, maps the
     /// weight files and checks that their headers parse.
     pub fn open(folder: impl AsRef<Path>) -> Result<Self> {
-        let folder = folder.as_ref().to_path_buf();
-        if !folder.is_dir() {
-            return Err(folder_err(&folder, "is not a directory".into()));
-        }
-        let config = read_config(&folder)?;
-        if !config.architectures.is_empty()
-            && !config
-                .architectures
-                .iter()
-                .any(|a| a == "Blip2ForImageTextRetrieval")
-        {
-            return Err(folder_err(
-                &folder,
-                format!(
-                    "config.json: architectures {:?} is not an image-text retrieval model \
-                     (expected Blip2ForImageTextRetrieval, e.g. Salesforce/blip2-itm-vit-g)",
-                    config.architectures
-                ),
-            ));
-        }
+        let (folder, config) = open_config(
+            folder.as_ref(),
+            "Blip2ForImageTextRetrieval",
+            "an image-text retrieval model",
+            "Salesforce/blip2-itm-vit-g",
+        )?;
         if !config.qformer_config.use_qformer_text_input {
             return Err(folder_err(
                 &folder,
@@ -159,26 +145,12 @@ impl CaptionFolder {
     /// Opens a captioning model folder (`Salesforce/blip2-opt-2.7b` and its relatives, either
     /// hub layout).
     pub fn open(folder: impl AsRef<Path>) -> Result<Self> {
-        let folder = folder.as_ref().to_path_buf();
-        if !folder.is_dir() {
-            return Err(folder_err(&folder, "is not a directory".into()));
-        }
-        let config = read_config(&folder)?;
-        if !config.architectures.is_empty()
-            && !config
-                .architectures
-                .iter()
-                .any(|a| a == "Blip2ForConditionalGeneration")
-        {
-            return Err(folder_err(
-                &folder,
-                format!(
-                    "config.json: architectures {:?} is not a captioning model (expected \
-                     Blip2ForConditionalGeneration, e.g. Salesforce/blip2-opt-2.7b)",
-                    config.architectures
-                ),
-            ));
-        }
+        let (folder, config) = open_config(
+            folder.as_ref(),
+            "Blip2ForConditionalGeneration",
+            "a captioning model",
+            "Salesforce/blip2-opt-2.7b",
+        )?;
         let text = config.text_config.clone().ok_or_else(|| {
             folder_err(
                 &folder,
@@ -272,6 +244,31 @@ fn folder_err(folder: &Path, message: String) -> Error {
         folder: folder.to_path_buf(),
         message,
     }
+}
+
+/// Checks that `folder` is a directory whose `config.json` parses and names `architecture`
+/// (configs without `architectures` are accepted).
+fn open_config(
+    folder: &Path,
+    architecture: &str,
+    kind: &str,
+    example: &str,
+) -> Result<(PathBuf, Blip2Config)> {
+    let folder = folder.to_path_buf();
+    if !folder.is_dir() {
+        return Err(folder_err(&folder, "is not a directory".into()));
+    }
+    let config = read_config(&folder)?;
+    if !config.architectures.is_empty() && !config.architectures.iter().any(|a| a == architecture) {
+        return Err(folder_err(
+            &folder,
+            format!(
+                "config.json: architectures {:?} is not {kind} (expected {architecture}, e.g. {example})",
+                config.architectures
+            ),
+        ));
+    }
+    Ok((folder, config))
 }
 
 fn read_text(folder: &Path, name: &str) -> Result<String> {
