@@ -391,6 +391,28 @@ struct MappedFile {
 }
 
 impl MappedFile {
+    /// The byte range of a tensor in the mapping, and the bytes; an error if the header points
+    /// past the end of the file.
+    fn tensor_bytes(
+        &self,
+        folder: &Path,
+        name: &str,
+        info: &safetensors::tensor::TensorInfo,
+    ) -> Result<(std::ops::Range<usize>, &[u8])> {
+        let (begin, end) = info.data_offsets;
+        let range = self.data_start + begin..self.data_start + end;
+        let bytes = self.mmap.get(range.clone()).ok_or_else(|| {
+            folder_err(
+                folder,
+                format!(
+                    "{}: tensor `{name}` lies beyond the end of the file",
+                    self.name
+                ),
+            )
+        })?;
+        Ok((range, bytes))
+    }
+
     fn open(folder: &Path, name: &str) -> Result<Self> {
         let path = folder.join(name);
         let file = File::open(&path)
@@ -479,17 +501,7 @@ impl TensorFiles {
             let info = &file.tensors[name];
             hasher.update(name.as_bytes());
             hasher.update(format!("{:?}{:?}", info.dtype, info.shape).as_bytes());
-            let (begin, end) = info.data_offsets;
-            let range = file.data_start + begin..file.data_start + end;
-            let bytes = file.mmap.get(range.clone()).ok_or_else(|| {
-                folder_err(
-                    &self.folder,
-                    format!(
-                        "{}: tensor `{name}` lies beyond the end of the file",
-                        file.name
-                    ),
-                )
-            })?;
+            let (range, bytes) = file.tensor_bytes(&self.folder, name, info)?;
             hasher.update(bytes);
             release_pages(&file.mmap, range.start, range.len());
         }
@@ -594,23 +606,11 @@ impl TensorFiles {
                 ))
             }
         };
-        let (begin, end) = info.data_offsets;
-        let bytes = file
-            .mmap
-            .get(file.data_start + begin..file.data_start + end)
-            .ok_or_else(|| {
-                folder_err(
-                    &self.folder,
-                    format!(
-                        "{}: tensor `{name}` lies beyond the end of the file",
-                        file.name
-                    ),
-                )
-            })?;
+        let (range, bytes) = file.tensor_bytes(&self.folder, name, info)?;
         let tensor = Tensor::from_raw_buffer(bytes, stored, &info.shape, &Device::Cpu)?
             .to_dtype(dtype)?
             .to_device(device)?;
-        release_pages(&file.mmap, file.data_start + begin, end - begin);
+        release_pages(&file.mmap, range.start, range.len());
         Ok(tensor)
     }
 }

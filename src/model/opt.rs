@@ -8,7 +8,7 @@
 //! layout). The key/value cache lives outside the layers ([`KvCache`]) so that beam search can
 //! reorder it. Paper: Zhang et al. 2022, <https://arxiv.org/abs/2205.01068>.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -468,13 +468,6 @@ fn decoder_mask(mask: &Tensor, past: usize, t: usize) -> Result<Tensor> {
     let causal = Tensor::from_vec(causal, (1, 1, t, s), device)?;
     let padding = ((1.0 - mask.to_dtype(DType::F32)?)? * f64::from(super::layers::MASKED))?
         .reshape((b, 1, 1, s))?;
-    // Both terms are 0 or MASKED; the sum is clamped so it stays finite in f32.
-    causal
-        .broadcast_add(&padding)?
-        .clamp(super::layers::MASKED, 0f32)
-}
-
-/// The log-softmax over the vocabulary of [rows, vocab] logits.
-pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::log_softmax(logits, D::Minus1)
+    // Each term is 0 or MASKED; a sum of two is still finite in f32.
+    causal.broadcast_add(&padding)
 }

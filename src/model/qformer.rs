@@ -243,14 +243,6 @@ pub struct ImageMemory {
 }
 
 impl ImageMemory {
-    /// Number of images.
-    pub fn batch_size(&self) -> Result<usize> {
-        match self.per_layer.iter().flatten().next() {
-            Some((k, _)) => k.dim(0),
-            None => candle_core::bail!("image memory of a Q-Former without cross-attention"),
-        }
-    }
-
     /// Repeats every image `n` times along the batch (image i → rows i·n … i·n+n−1).
     pub fn repeat_each(&self, n: usize) -> Result<Self> {
         let rep = |t: &Tensor| -> Result<Tensor> {
