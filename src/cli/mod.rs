@@ -6,6 +6,7 @@ mod embed_image;
 mod embed_text;
 mod match_pair;
 mod model_args;
+mod synth;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ enum Command {
     Match(match_pair::Args),
     /// Caption images (or answer a prompt about them) with a BLIP-2 OPT model.
     Caption(caption::Args),
+    /// Generate captioned synthetic scenes (images + a LAVIS annotation file).
+    Synth(synth::Args),
 }
 
 /// Runs the command line; errors are printed with their causes and give exit code 1 (bad
@@ -40,6 +43,7 @@ pub fn run() -> ExitCode {
         Command::EmbedText(a) => embed_text::run(a),
         Command::Match(a) => match_pair::run(a),
         Command::Caption(a) => caption::run(a),
+        Command::Synth(a) => synth::run(a),
     };
     match result {
         Ok(code) => code,
