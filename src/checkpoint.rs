@@ -124,6 +124,17 @@ impl RetrievalFolder {
     pub fn vision_trunk_fingerprint(&self) -> Result<u64> {
         self.tensors.vision_trunk_fingerprint()
     }
+
+    /// Fingerprint of everything that decides this model's embeddings: every weight, the
+    /// preprocessing and the tokenizer's vocabulary. A store records it, so vectors from two
+    /// different models are never mixed. Reads every weight once (about 1 s per 5 GB from the
+    /// page cache).
+    pub fn fingerprint(&self) -> Result<String> {
+        let preprocess = format!("{:?}", self.preprocess);
+        let vocab = self.tokenizer.vocab_size().to_le_bytes();
+        self.tensors
+            .weights_fingerprint(&[preprocess.as_bytes(), &vocab])
+    }
 }
 
 /// A captioning model folder (`Blip2ForConditionalGeneration` with OPT), opened and checked
@@ -236,6 +247,13 @@ impl CaptionFolder {
     /// Fingerprint of the frozen ViT trunk; see [`RetrievalFolder::vision_trunk_fingerprint`].
     pub fn vision_trunk_fingerprint(&self) -> Result<u64> {
         self.tensors.vision_trunk_fingerprint()
+    }
+
+    /// Fingerprint of everything that decides this model's captions given the generation
+    /// settings: every weight and the preprocessing (see [`RetrievalFolder::fingerprint`]).
+    pub fn fingerprint(&self) -> Result<String> {
+        let preprocess = format!("{:?}", self.preprocess);
+        self.tensors.weights_fingerprint(&[preprocess.as_bytes()])
     }
 }
 
@@ -481,21 +499,29 @@ impl TensorFiles {
 
     /// xxh3 over the names, dtypes, shapes and bytes of the ViT trunk tensors, in name order.
     fn vision_trunk_fingerprint(&self) -> Result<u64> {
-        let mut names: Vec<&String> = self
-            .location
-            .keys()
-            .filter(|n| {
-                n.starts_with("vision_model.") && !n.starts_with("vision_model.post_layernorm")
-            })
-            .collect();
-        if names.is_empty() {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let hashed = self.hash_tensors(&mut hasher, |n| {
+            n.starts_with("vision_model.") && !n.starts_with("vision_model.post_layernorm")
+        })?;
+        if hashed == 0 {
             return Err(folder_err(
                 &self.folder,
                 "has no vision_model.* tensors".into(),
             ));
         }
+        Ok(hasher.digest())
+    }
+
+    /// Feeds the names, dtypes, shapes and bytes of the selected tensors, in name order, to
+    /// `hasher`, releasing each tensor's pages after reading them; returns how many.
+    fn hash_tensors(
+        &self,
+        hasher: &mut xxhash_rust::xxh3::Xxh3,
+        include: impl Fn(&str) -> bool,
+    ) -> Result<usize> {
+        let mut names: Vec<&String> = self.location.keys().filter(|n| include(n)).collect();
         names.sort();
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let count = names.len();
         for name in names {
             let file = &self.files[self.location[name]];
             let info = &file.tensors[name];
@@ -505,7 +531,18 @@ impl TensorFiles {
             hasher.update(bytes);
             release_pages(&file.mmap, range.start, range.len());
         }
-        Ok(hasher.digest())
+        Ok(count)
+    }
+
+    /// A 128-bit fingerprint of every tensor plus `extra` (configuration that changes outputs).
+    fn weights_fingerprint(&self, extra: &[&[u8]]) -> Result<String> {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for part in extra {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        self.hash_tensors(&mut hasher, |_| true)?;
+        Ok(format!("{:032x}", hasher.digest128()))
     }
 
     fn open(folder: &Path) -> Result<Self> {

@@ -4,8 +4,11 @@
 mod caption;
 mod embed_image;
 mod embed_text;
+mod index;
 mod match_pair;
 mod model_args;
+mod remove;
+mod status;
 mod synth;
 
 use std::process::ExitCode;
@@ -30,6 +33,12 @@ enum Command {
     Match(match_pair::Args),
     /// Caption images (or answer a prompt about them) with a BLIP-2 OPT model.
     Caption(caption::Args),
+    /// Index a photo library into a store (new, changed, moved and deleted files).
+    Index(index::Args),
+    /// What a store holds: {"images", "vectors", "captions", "texts", "failed", ...}.
+    Status(status::Args),
+    /// Remove files or folders from a store.
+    Remove(remove::Args),
     /// Generate captioned synthetic scenes (images + a LAVIS annotation file).
     Synth(synth::Args),
 }
@@ -44,6 +53,9 @@ pub fn run() -> ExitCode {
         Command::Match(a) => match_pair::run(a),
         Command::Caption(a) => caption::run(a),
         Command::Synth(a) => synth::run(a),
+        Command::Index(a) => index::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Remove(a) => remove::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,59 @@
+//! `quarry status`: what a store holds.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use quarry::library::Library;
+
+/// Arguments of `status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Store folder.
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Print one JSON object: {"images", "vectors", "captions", "texts", "failed",
+    /// "feature_cache_bytes"}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let library = Library::open_existing(&args.store)?;
+    let counts = library.counts()?;
+    if args.json {
+        println!("{}", serde_json::to_string(&counts)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let model = library.store().model();
+    println!("store {}", args.store.display());
+    println!("  retrieval model  {}", model.retrieval);
+    if let Some(c) = &model.captioner {
+        println!("  caption model    {c}");
+    }
+    println!("  images           {}", counts.images);
+    println!("  vectors          {}", counts.vectors);
+    println!("  captions         {}", counts.captions);
+    println!("  texts            {}", counts.texts);
+    println!("  failed           {}", counts.failed);
+    let per_image = if counts.images > 0 {
+        counts.feature_cache_bytes / counts.images
+    } else {
+        0
+    };
+    println!(
+        "  feature cache    {} bytes ({} per image, {})",
+        counts.feature_cache_bytes,
+        per_image,
+        if library.store().feature_cache_enabled() {
+            "on"
+        } else {
+            "off"
+        }
+    );
+    for failure in library.store().failures().take(20) {
+        let failure = failure?;
+        println!("  failed: {}: {}", failure.path.display(), failure.reason);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,486 @@
+//! One indexing run: walk, plan, metadata-only changes, then model work in batches.
+//!
+//! The run first commits everything that needs no model (moves, touches, copies of known
+//! content, deletions, files that cannot be read) as one batch, so a moved folder is
+//! searchable under its new path at once and re-embeds nothing. Then the files that need the
+//! model (new, modified, previously failed) stream through the bounded decode pipeline; each
+//! model batch is one commit, acknowledged (reported as indexed) only after it is durable.
+//! A modified file keeps its old record until its new embedding commits, in the same batch
+//! that removes the old one, so it never drops out of search.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::models::IndexModels;
+use crate::indexer::{
+    plan_changes, prepare_batches, walk_library, ChangePlan, ContentHash, FoundFile, HashedFile,
+    KnownFile, PipelineError, PipelineOptions, WalkError, WalkOptions,
+};
+use crate::library::{Library, LibraryError};
+use crate::store::{BatchWrite, ImageInfo, NewCaption, NewFailure, NewImage, PathUpdate};
+
+/// How a run works.
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    /// What the walk skips.
+    pub walk: WalkOptions,
+    /// Images per model batch (and per commit).
+    pub batch_size: usize,
+    /// Decoding threads (0 = one per core).
+    pub decode_workers: usize,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        Self {
+            walk: WalkOptions::default(),
+            batch_size: 8,
+            decode_workers: 0,
+        }
+    }
+}
+
+/// Why a run stopped. Files that fail are not errors: they are recorded and reported.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// A root is missing or an exclude glob is invalid.
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+    /// The library could not be written.
+    #[error(transparent)]
+    Library(#[from] LibraryError),
+    /// The decoding pipeline could not start.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+impl IndexError {
+    /// Whether the user can fix it.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            IndexError::Walk(_) => true,
+            IndexError::Library(e) => e.is_user_error(),
+            IndexError::Pipeline(_) => false,
+        }
+    }
+}
+
+/// What the walk and the comparison with the store found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PlanSummary {
+    /// Image files found.
+    pub found: u64,
+    /// Unchanged since the last run (not read).
+    pub unchanged: u64,
+    /// New files to embed.
+    pub new: u64,
+    /// Changed files to embed again.
+    pub modified: u64,
+    /// Previously failed files to try again.
+    pub retry: u64,
+    /// Moved files (path updated, nothing embedded).
+    pub moved: u64,
+    /// Copies of indexed content (record copied, nothing embedded).
+    pub copied: u64,
+    /// Touched files (metadata updated).
+    pub touched: u64,
+    /// Files gone since the last run, removed from search.
+    pub deleted: u64,
+    /// Files that could not be used.
+    pub problems: u64,
+}
+
+impl PlanSummary {
+    /// Files that need the model.
+    pub fn to_embed(&self) -> u64 {
+        self.new + self.modified + self.retry
+    }
+}
+
+/// A file that could not be indexed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a run reports as it goes.
+#[derive(Debug)]
+pub enum IndexEvent<'a> {
+    /// The plan is known; `to_embed` files will go through the model.
+    Planned(&'a PlanSummary),
+    /// A batch is durable: these files are indexed (searchable, crash-safe) or failed.
+    Committed {
+        /// The store batch id.
+        batch: u64,
+        /// Files indexed by this batch (new content, copies, moves).
+        indexed: &'a [PathBuf],
+        /// Files recorded as failed by this batch.
+        failed: &'a [FailedFile],
+        /// Files that went through the model in this batch (for the progress bar).
+        embedded: u64,
+    },
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IndexSummary {
+    /// The plan.
+    pub plan: PlanSummary,
+    /// Files embedded and committed.
+    pub indexed: u64,
+    /// Files that failed, with reasons.
+    pub failed: Vec<FailedFile>,
+    /// Commits made.
+    pub batches: u64,
+    /// Wall time of the whole run, seconds.
+    pub seconds: f64,
+    /// Wall time of the model stage (first batch requested to last committed), seconds.
+    pub model_stage_seconds: f64,
+    /// Time the model spent computing, seconds.
+    pub model_busy_seconds: f64,
+}
+
+impl IndexSummary {
+    /// Fraction of the model stage the model was computing (the pipeline's goal: ≥ 0.9).
+    pub fn model_busy_fraction(&self) -> Option<f64> {
+        (self.model_stage_seconds > 0.0).then(|| self.model_busy_seconds / self.model_stage_seconds)
+    }
+}
+
+/// What a file needs from the model, carried through the pipeline.
+#[derive(Debug, Clone)]
+enum Work {
+    New(HashedFile),
+    Modified { file: HashedFile, old_image: Option<u64> },
+    Retry(HashedFile),
+}
+
+impl Work {
+    fn file(&self) -> &HashedFile {
+        match self {
+            Work::New(f) | Work::Retry(f) | Work::Modified { file: f, .. } => f,
+        }
+    }
+}
+
+/// Indexes `roots` into `library` with `models`. Only records under the roots are compared,
+/// so indexing a second folder into the same store never removes the first.
+pub fn index_paths(
+    library: &mut Library,
+    models: &IndexModels,
+    roots: &[PathBuf],
+    options: &IndexOptions,
+    keep_features: bool,
+    on_event: &mut dyn FnMut(IndexEvent<'_>),
+) -> Result<IndexSummary, IndexError> {
+    let started = Instant::now();
+    let walk = walk_library(roots, &options.walk)?;
+    let roots: Vec<PathBuf> = roots
+        .iter()
+        .map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()))
+        .collect();
+    let stored = library
+        .store()
+        .known_files()
+        .map_err(LibraryError::from)?;
+    let mut image_of: HashMap<PathBuf, u64> = HashMap::new();
+    let known: Vec<KnownFile> = stored
+        .into_iter()
+        .filter(|k| roots.iter().any(|r| k.path.starts_with(r)))
+        .map(|k| {
+            if let Some(id) = k.image {
+                image_of.insert(k.path.clone(), id);
+            }
+            KnownFile {
+                path: k.path,
+                size: k.size,
+                modified_ns: k.modified_ns,
+                content_hash: ContentHash(k.content_hash.unwrap_or(0)),
+                failed: k.failed,
+            }
+        })
+        .collect();
+    let plan = plan_changes(&walk, &known);
+    let mut summary = IndexSummary {
+        plan: summarize(&walk.files.len(), &plan, walk.problems.len()),
+        ..IndexSummary::default()
+    };
+    on_event(IndexEvent::Planned(&summary.plan));
+
+    // 1. Everything that needs no model, in one commit.
+    let mut write = BatchWrite::default();
+    let mut indexed_paths = Vec::new();
+    let mut failed_files = Vec::new();
+    for m in &plan.moved {
+        write.path_updates.push(PathUpdate {
+            from: m.from.clone(),
+            to: m.to.file.path.clone(),
+            size: m.to.file.size,
+            modified_ns: m.to.file.modified_ns,
+        });
+        indexed_paths.push(m.to.file.path.clone());
+    }
+    for t in &plan.touched {
+        write.path_updates.push(PathUpdate {
+            from: t.file.path.clone(),
+            to: t.file.path.clone(),
+            size: t.file.size,
+            modified_ns: t.file.modified_ns,
+        });
+    }
+    for d in &plan.deleted {
+        match image_of.get(&d.path) {
+            Some(&id) if !d.failed => write.removals.push(id),
+            _ => write.clear_failures.push(d.path.clone()),
+        }
+    }
+    for problem in walk.problems.iter().chain(&plan.problems) {
+        write.failures.push(NewFailure {
+            path: problem.path.clone(),
+            reason: problem.reason.clone(),
+            size: 0,
+            modified_ns: 0,
+            content_hash: None,
+        });
+        failed_files.push(FailedFile {
+            path: problem.path.clone(),
+            reason: problem.reason.clone(),
+        });
+    }
+    commit_if_any(library, &write, &indexed_paths, &failed_files, 0, &mut summary, on_event)?;
+
+    // Copies read the source's record, which the moves above may have just renamed.
+    let mut write = BatchWrite::default();
+    let mut indexed_paths = Vec::new();
+    for c in &plan.copied {
+        if let Some(image) = copy_of(library, &c.to)? {
+            write.new_images.push(image);
+            indexed_paths.push(c.to.file.path.clone());
+        }
+    }
+    commit_if_any(library, &write, &indexed_paths, &[], 0, &mut summary, on_event)?;
+
+    // 2. Model work.
+    let work: Vec<(Work, PathBuf)> = plan
+        .new
+        .iter()
+        .map(|f| Work::New(f.clone()))
+        .chain(plan.modified.iter().map(|m| Work::Modified {
+            file: m.file.clone(),
+            old_image: image_of.get(&m.file.file.path).copied(),
+        }))
+        .chain(plan.retry.iter().map(|f| Work::Retry(f.clone())))
+        .map(|w| {
+            let path = w.file().file.path.clone();
+            (w, path)
+        })
+        .collect();
+    if !work.is_empty() {
+        let stage_started = Instant::now();
+        let mut busy = Duration::ZERO;
+        let pipeline = prepare_batches(
+            work,
+            models.preprocess().clone(),
+            PipelineOptions {
+                batch_size: options.batch_size.max(1),
+                workers: options.decode_workers,
+                ..PipelineOptions::default()
+            },
+        )?;
+        for batch in pipeline {
+            let mut write = BatchWrite::default();
+            let mut indexed_paths = Vec::new();
+            let mut failed_files = Vec::new();
+            let mut ready = Vec::new();
+            for prepared in batch {
+                let file = prepared.tag.file().file.clone();
+                if let Work::Modified {
+                    old_image: Some(old),
+                    ..
+                } = prepared.tag
+                {
+                    write.removals.push(old);
+                }
+                match prepared.result {
+                    Ok(image) => ready.push((file, image)),
+                    Err(e) => {
+                        let reason = e.to_string();
+                        write.failures.push(failure(&file, &reason, None));
+                        failed_files.push(FailedFile {
+                            path: file.path.clone(),
+                            reason,
+                        });
+                    }
+                }
+            }
+            let embedded = ready.len() as u64;
+            if !ready.is_empty() {
+                let pixels: Vec<&[f32]> = ready.iter().map(|(_, p)| p.pixels.as_slice()).collect();
+                let paths: Vec<&Path> = ready.iter().map(|(f, _)| f.path.as_path()).collect();
+                let t = Instant::now();
+                let analysis = models.analyze(&pixels, &paths, keep_features);
+                busy += t.elapsed();
+                match analysis {
+                    Ok(analysis) => {
+                        for ((file, prepared), a) in ready.iter().zip(analysis) {
+                            write.new_images.push(new_image(file, prepared, a));
+                            indexed_paths.push(file.path.clone());
+                        }
+                    }
+                    Err(e) => {
+                        // A model failure on this batch: record each file, so the next run
+                        // retries exactly these, and go on with the rest.
+                        let reason = format!("model: {e}");
+                        for (file, prepared) in &ready {
+                            write.failures.push(failure(
+                                file,
+                                &reason,
+                                Some(prepared.content_hash.0),
+                            ));
+                            failed_files.push(FailedFile {
+                                path: file.path.clone(),
+                                reason: reason.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+            summary.indexed += indexed_paths.len() as u64;
+            commit_if_any(
+                library,
+                &write,
+                &indexed_paths,
+                &failed_files,
+                embedded + failed_files.len() as u64,
+                &mut summary,
+                on_event,
+            )?;
+        }
+        summary.model_stage_seconds = stage_started.elapsed().as_secs_f64();
+        summary.model_busy_seconds = busy.as_secs_f64();
+    }
+    library.checkpoint()?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn summarize(found: &usize, plan: &ChangePlan, walk_problems: usize) -> PlanSummary {
+    PlanSummary {
+        found: *found as u64,
+        unchanged: plan.unchanged,
+        new: plan.new.len() as u64,
+        modified: plan.modified.len() as u64,
+        retry: plan.retry.len() as u64,
+        moved: plan.moved.len() as u64,
+        copied: plan.copied.len() as u64,
+        touched: plan.touched.len() as u64,
+        deleted: plan.deleted.len() as u64,
+        problems: (walk_problems + plan.problems.len()) as u64,
+    }
+}
+
+fn failure(file: &FoundFile, reason: &str, hash: Option<u128>) -> NewFailure {
+    NewFailure {
+        path: file.path.clone(),
+        reason: reason.to_string(),
+        size: file.size,
+        modified_ns: file.modified_ns,
+        content_hash: hash,
+    }
+}
+
+fn new_image(
+    file: &FoundFile,
+    prepared: &crate::indexer::PreparedImage,
+    analysis: super::models::ImageAnalysis,
+) -> NewImage {
+    let info = &prepared.info;
+    NewImage {
+        info: ImageInfo {
+            path: file.path.clone(),
+            content_hash: prepared.content_hash.0,
+            size: file.size,
+            modified_ns: file.modified_ns,
+            width: info.width,
+            height: info.height,
+            format: file.format.name().to_string(),
+            captured_at: info.captured_at.as_ref().map(|c| c.iso8601.clone()),
+            captured_at_s: info.captured_at.as_ref().map(|c| c.seconds),
+            camera_make: info.camera_make.clone(),
+            camera_model: info.camera_model.clone(),
+        },
+        vectors: analysis.vectors,
+        caption: match (analysis.caption, analysis.caption_embedding) {
+            (Some(text), Some(embedding)) => Some(NewCaption { text, embedding }),
+            _ => None,
+        },
+        features: analysis.features,
+    }
+}
+
+/// A new record for `to` with the vectors, caption and features of indexed identical content.
+fn copy_of(library: &Library, to: &HashedFile) -> Result<Option<NewImage>, LibraryError> {
+    let store = library.store();
+    let Some(&source) = store.image_ids_with_hash(to.content_hash.0)?.first() else {
+        return Ok(None);
+    };
+    let (Some(record), Some(vectors)) = (store.image(source)?, store.vectors(source)?) else {
+        return Ok(None);
+    };
+    let caption = match (record.caption.clone(), record.caption_text) {
+        (Some(text), Some(text_id)) => store.text(text_id)?.map(|t| NewCaption {
+            text,
+            embedding: t.embedding,
+        }),
+        _ => None,
+    };
+    Ok(Some(NewImage {
+        info: ImageInfo {
+            path: to.file.path.clone(),
+            content_hash: record.content_hash,
+            size: to.file.size,
+            modified_ns: to.file.modified_ns,
+            width: record.width,
+            height: record.height,
+            format: record.format.clone(),
+            captured_at: record.captured_at.clone(),
+            captured_at_s: record.captured_at_s,
+            camera_make: record.camera_make.clone(),
+            camera_model: record.camera_model.clone(),
+        },
+        vectors,
+        caption,
+        features: store.features(source)?,
+    }))
+}
+
+fn commit_if_any(
+    library: &mut Library,
+    write: &BatchWrite,
+    indexed: &[PathBuf],
+    failed: &[FailedFile],
+    embedded: u64,
+    summary: &mut IndexSummary,
+    on_event: &mut dyn FnMut(IndexEvent<'_>),
+) -> Result<(), IndexError> {
+    if write.is_empty() {
+        return Ok(());
+    }
+    let receipt = library.commit(write)?;
+    summary.batches += 1;
+    summary.failed.extend(failed.iter().cloned());
+    on_event(IndexEvent::Committed {
+        batch: receipt.batch,
+        indexed,
+        failed,
+        embedded,
+    });
+    Ok(())
+}
+

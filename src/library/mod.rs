@@ -1,0 +1,367 @@
+//! A library: the store, the two vector indexes and the word index of one folder, kept in step.
+//!
+//! sled is the source of truth. Each commit goes, in this fixed order, to
+//! 1. the store (one atomic sled batch, fsynced, with a change-log entry carrying its batch id),
+//! 2. the word index (tantivy; its commit payload carries the same batch id),
+//! 3. the in-memory vector indexes (HNSW), which are dumped to disk at checkpoints with the id
+//!    of the last batch they contain.
+//!
+//! When a process dies between two steps, the next open replays the store's change log from
+//! the batch each index last recorded, so every image the store acknowledged becomes
+//! searchable again; an index that is missing or unreadable is rebuilt from the store. Dumping
+//! the HNSW graph after every batch would rewrite hundreds of megabytes per batch at 100 k
+//! images; replaying the log costs only the inserts since the last dump.
+//!
+//! Folder layout: `DIR/db` (sled), `DIR/features` (ITM feature cache), `DIR/ann/images`,
+//! `DIR/ann/texts` (HNSW dumps), `DIR/text` (tantivy).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::ann::{AnnError, AnnHit, AnnParams, MultiVectorIndex};
+use crate::store::{
+    BatchChanges, BatchWrite, CommitReceipt, ModelIdentity, Store, StoreCounts, StoreError,
+    TextSource,
+};
+use crate::text::{TextIndex, TextIndexError};
+
+/// How often the vector indexes are dumped during a long run; also at every [`Library::checkpoint`].
+const DUMP_INTERVAL: Duration = Duration::from_secs(120);
+
+/// Why a library cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A vector index failed.
+    #[error("vector index: {0}")]
+    Ann(#[from] AnnError),
+    /// The word index failed.
+    #[error("word index: {0}")]
+    Text(#[from] TextIndexError),
+}
+
+impl LibraryError {
+    /// Whether the user can fix it (a store in use, made by another model, ...).
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            LibraryError::Store(e) => e.is_user_error(),
+            _ => false,
+        }
+    }
+}
+
+/// What opening a library had to repair, for the log and for tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Store batches replayed into the word index.
+    pub text_batches_replayed: u64,
+    /// The word index was rebuilt from the store.
+    pub text_rebuilt: bool,
+    /// Store batches replayed into the vector indexes.
+    pub ann_batches_replayed: u64,
+    /// The vector indexes were rebuilt from the store (no usable dump).
+    pub ann_rebuilt: bool,
+}
+
+/// One store folder, opened for reading and writing.
+pub struct Library {
+    store: Store,
+    images: MultiVectorIndex,
+    texts: MultiVectorIndex,
+    words: TextIndex,
+    /// The batch the vector dumps on disk contain.
+    dumped_batch: u64,
+    last_dump: Instant,
+    recovery: Recovery,
+}
+
+impl std::fmt::Debug for Library {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Library")
+            .field("dir", &self.store.dir())
+            .field("last_batch", &self.store.last_batch())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Library {
+    /// Opens (or creates) the library in `dir` for `model`; refuses a store made by another
+    /// model or held by another process.
+    pub fn open(dir: &Path, model: &ModelIdentity) -> Result<Self, LibraryError> {
+        Self::with_store(Store::create_or_open(dir, model)?)
+    }
+
+    /// Opens an existing library without a model (status, removal).
+    pub fn open_existing(dir: &Path) -> Result<Self, LibraryError> {
+        Self::with_store(Store::open_existing(dir)?)
+    }
+
+    fn with_store(store: Store) -> Result<Self, LibraryError> {
+        let dir = store.dir().to_path_buf();
+        let dim = store.model().retrieval.embed_dim;
+        let mut recovery = Recovery::default();
+        let last = store.last_batch();
+
+        let mut words = TextIndex::open_or_create(&dir.join("text"))?;
+        match words.committed_batch()? {
+            Some(done) if done == last => {}
+            Some(done) if done < last => {
+                for changes in store.changes_since(done)? {
+                    apply_words(&store, &mut words, &changes?)?;
+                    recovery.text_batches_replayed += 1;
+                }
+                words.commit(last)?;
+            }
+            None if last == 0 => {}
+            _ => {
+                rebuild_words(&store, &mut words)?;
+                words.commit(last)?;
+                recovery.text_rebuilt = true;
+            }
+        }
+
+        let (images, texts, dumped_batch) = match load_vectors(&dir) {
+            Some((mut images, mut texts, done)) if done <= last => {
+                for changes in store.changes_since(done)? {
+                    apply_vectors(&store, &mut images, &mut texts, &changes?)?;
+                    recovery.ann_batches_replayed += 1;
+                }
+                (images, texts, done)
+            }
+            _ => {
+                let mut images = MultiVectorIndex::new(dim, AnnParams::default())?;
+                let mut texts = MultiVectorIndex::new(dim, AnnParams::default())?;
+                rebuild_vectors(&store, &mut images, &mut texts)?;
+                recovery.ann_rebuilt = last > 0;
+                (images, texts, 0)
+            }
+        };
+        let mut library = Self {
+            store,
+            images,
+            texts,
+            words,
+            dumped_batch,
+            last_dump: Instant::now(),
+            recovery,
+        };
+        if library.dumped_batch != last {
+            library.checkpoint()?;
+        }
+        Ok(library)
+    }
+
+    /// What opening had to repair.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The store (records, vectors, features).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The image vector index (Q vectors per image).
+    pub fn image_index(&self) -> &MultiVectorIndex {
+        &self.images
+    }
+
+    /// The text vector index (captions and user texts, one vector each).
+    pub fn text_index(&self) -> &MultiVectorIndex {
+        &self.texts
+    }
+
+    /// The word index (BM25 over captions, file and folder names, user texts).
+    pub fn words(&self) -> &TextIndex {
+        &self.words
+    }
+
+    /// Counts for `quarry status`.
+    pub fn counts(&self) -> Result<StoreCounts, LibraryError> {
+        Ok(self.store.counts()?)
+    }
+
+    /// Commits one batch in the durable order (store, words, vectors); when this returns, the
+    /// batch's images are searchable and survive a crash.
+    pub fn commit(&mut self, write: &BatchWrite) -> Result<CommitReceipt, LibraryError> {
+        let receipt = self.store.commit(write)?;
+        let before = receipt.batch - 1;
+        for changes in self.store.changes_since(before)? {
+            let changes = changes?;
+            apply_words(&self.store, &mut self.words, &changes)?;
+            apply_vectors(&self.store, &mut self.images, &mut self.texts, &changes)?;
+        }
+        self.words.commit(receipt.batch)?;
+        if self.images.needs_rebuild() {
+            self.images.compact()?;
+        }
+        if self.texts.needs_rebuild() {
+            self.texts.compact()?;
+        }
+        if self.last_dump.elapsed() >= DUMP_INTERVAL {
+            self.checkpoint()?;
+        }
+        Ok(receipt)
+    }
+
+    /// Dumps the vector indexes with the current batch id and prunes the change log up to the
+    /// batch every index holds. Call at the end of a run and before a clean shutdown.
+    pub fn checkpoint(&mut self) -> Result<(), LibraryError> {
+        let last = self.store.last_batch();
+        if self.dumped_batch != last {
+            let dir = self.store.dir().join("ann");
+            self.images.save(&dir.join("images"), last)?;
+            self.texts.save(&dir.join("texts"), last)?;
+            self.dumped_batch = last;
+        }
+        self.last_dump = Instant::now();
+        let words_done = self.words.committed_batch()?.unwrap_or(0);
+        self.store
+            .prune_changes(self.dumped_batch.min(words_done))?;
+        Ok(())
+    }
+
+    /// Images best matching one ITC query vector (text → image): max over each image's
+    /// vectors, exact scores, best first.
+    pub fn search_images(&self, query: &[f32], k: usize) -> Result<Vec<AnnHit>, LibraryError> {
+        Ok(self.images.search(query, k)?)
+    }
+
+    /// The store folder.
+    pub fn dir(&self) -> PathBuf {
+        self.store.dir().to_path_buf()
+    }
+}
+
+impl Drop for Library {
+    fn drop(&mut self) {
+        // Best effort: a dump now saves the next open a replay; a failure here loses nothing,
+        // since the store still holds every batch and its change log.
+        let _ = self.checkpoint();
+    }
+}
+
+fn load_vectors(dir: &Path) -> Option<(MultiVectorIndex, MultiVectorIndex, u64)> {
+    let ann = dir.join("ann");
+    let (images, a) = MultiVectorIndex::load(&ann.join("images")).ok().flatten()?;
+    let (texts, b) = MultiVectorIndex::load(&ann.join("texts")).ok().flatten()?;
+    // Both dumps are written together; if a crash left them at different batches, replay
+    // from the older one (replaying an already applied batch is idempotent).
+    (a == b).then_some((images, texts, a))
+}
+
+/// Applies one change-log entry to the word index (idempotent: upserts and deletes by key).
+fn apply_words(
+    store: &Store,
+    words: &mut TextIndex,
+    changes: &BatchChanges,
+) -> Result<(), LibraryError> {
+    for &id in &changes.images_removed {
+        words.remove_image(id);
+    }
+    for &id in &changes.texts_removed {
+        words.remove_text(id);
+    }
+    let touched = changes
+        .images_added
+        .iter()
+        .copied()
+        .chain(changes.paths_changed.iter().map(|c| c.image));
+    for id in touched {
+        // An image added and removed again in later batches is gone from the store: skip it.
+        if let Some(record) = store.image(id)? {
+            words.upsert_image(id, record.caption.as_deref(), &record.path)?;
+        }
+    }
+    for &id in &changes.texts_added {
+        if let Some(text) = store.text(id)? {
+            if text.source == TextSource::User {
+                words.add_text(id, &text.text)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies one change-log entry to the vector indexes (idempotent).
+fn apply_vectors(
+    store: &Store,
+    images: &mut MultiVectorIndex,
+    texts: &mut MultiVectorIndex,
+    changes: &BatchChanges,
+) -> Result<(), LibraryError> {
+    for &id in &changes.images_removed {
+        images.remove(id);
+    }
+    for &id in &changes.texts_removed {
+        texts.remove(id);
+    }
+    let mut added = Vec::new();
+    for &id in &changes.images_added {
+        if let Some(vectors) = store.vectors(id)? {
+            added.push((id, vectors));
+        }
+    }
+    images.insert_many(added.iter().map(|(id, v)| (*id, v.as_slice())))?;
+    let mut added = Vec::new();
+    for &id in &changes.texts_added {
+        if let Some(text) = store.text(id)? {
+            added.push((id, text.embedding));
+        }
+    }
+    texts.insert_many(added.iter().map(|(id, v)| (*id, v.as_slice())))?;
+    Ok(())
+}
+
+fn rebuild_words(store: &Store, words: &mut TextIndex) -> Result<(), LibraryError> {
+    words.clear()?;
+    for record in store.images() {
+        let record = record?;
+        words.upsert_image(record.id, record.caption.as_deref(), &record.path)?;
+    }
+    for text in store.texts() {
+        let text = text?;
+        if text.source == TextSource::User {
+            words.add_text(text.id, &text.text)?;
+        }
+    }
+    Ok(())
+}
+
+fn rebuild_vectors(
+    store: &Store,
+    images: &mut MultiVectorIndex,
+    texts: &mut MultiVectorIndex,
+) -> Result<(), LibraryError> {
+    // Streamed from the store: a rebuild of 100 k images must not hold a second copy of
+    // every vector. The first store error stops the stream and is returned.
+    let mut failure: Option<StoreError> = None;
+    let image_vectors = store.images().map_while(|record| {
+        let found = record.and_then(|r| Ok(store.vectors(r.id)?.map(|v| (r.id, v))));
+        match found {
+            Ok(v) => Some(v),
+            Err(e) => {
+                failure.get_or_insert(e);
+                None
+            }
+        }
+    });
+    images.rebuild(image_vectors.flatten())?;
+    if let Some(e) = failure.take() {
+        return Err(e.into());
+    }
+    let text_vectors = store.texts().map_while(|text| match text {
+        Ok(t) => Some((t.id, t.embedding)),
+        Err(e) => {
+            failure.get_or_insert(e);
+            None
+        }
+    });
+    texts.rebuild(text_vectors)?;
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
