@@ -5,6 +5,12 @@
 //! as PIL's `convert("RGB")` does in LAVIS and transformers 4.x. The pixel count is checked from
 //! the header before anything is decoded, so a small file claiming a huge image (a
 //! decompression bomb) is refused without allocating it.
+//!
+//! A JPEG must also be complete: the JPEG decoder fills a file cut short (an interrupted copy
+//! or download) with grey and reports success, which would index half a photo without a word.
+//! The marker structure is checked first, up to the end-of-image marker, so a truncated JPEG is
+//! refused with a reason. (A complete JPEG whose encoder omitted that final marker is refused
+//! too; such files are rare and the report says why.)
 
 use std::io::{BufRead, Cursor, Seek};
 use std::path::Path;
@@ -45,7 +51,77 @@ pub fn decode_bytes(
     path: &Path,
     limits: DecodeLimits,
 ) -> Result<RgbImage, PreprocessError> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        check_jpeg_complete(bytes).map_err(|reason| PreprocessError::Decode {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+    }
     decode_reader(Cursor::new(bytes), path, limits)
+}
+
+/// Walks a JPEG's marker segments and entropy-coded scans up to the end-of-image marker.
+fn check_jpeg_complete(bytes: &[u8]) -> Result<(), String> {
+    let truncated = |at: usize| {
+        Err(format!(
+            "truncated JPEG: the data ends at byte {} of {} before the end-of-image marker",
+            at.min(bytes.len()),
+            bytes.len()
+        ))
+    };
+    let mut i = 2; // after SOI
+    loop {
+        // A marker: one or more 0xFF fill bytes, then the marker code.
+        if bytes.get(i) != Some(&0xFF) {
+            return match bytes.get(i) {
+                None => truncated(i),
+                Some(b) => Err(format!(
+                    "corrupt JPEG: byte {b:#04x} at {i} where a marker was expected"
+                )),
+            };
+        }
+        while bytes.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else {
+            return truncated(i);
+        };
+        i += 1;
+        match marker {
+            0xD9 => return Ok(()),
+            // Markers without a length: TEM and the restart markers.
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len) = bytes
+            .get(i..i + 2)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+        else {
+            return truncated(i);
+        };
+        if len < 2 {
+            return Err(format!("corrupt JPEG: segment length {len} at byte {i}"));
+        }
+        i += len;
+        if i > bytes.len() {
+            return truncated(i);
+        }
+        if marker == 0xDA {
+            // Entropy-coded data runs to the next 0xFF that is not a stuffed 0xFF00 or a
+            // restart marker.
+            loop {
+                let Some(ff) = bytes[i..].iter().position(|&b| b == 0xFF) else {
+                    return truncated(bytes.len());
+                };
+                i += ff;
+                match bytes.get(i + 1) {
+                    None => return truncated(bytes.len()),
+                    Some(0x00) | Some(0xD0..=0xD7) => i += 2,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
 }
 
 fn decode_reader<R: BufRead + Seek>(
@@ -171,6 +247,37 @@ mod tests {
         let full = png(&DynamicImage::new_rgb8(64, 64));
         let e = decode_bytes(&full[..full.len() / 2], Path::new("t.png"), limits).unwrap_err();
         assert!(matches!(e, PreprocessError::Decode { .. }), "{e}");
+    }
+
+    #[test]
+    fn truncated_jpegs_are_refused_and_complete_ones_pass_the_structure_check() {
+        let limits = DecodeLimits::default();
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(48, 40, |x, y| {
+            image::Rgb([(x * 5) as u8, (y * 6) as u8, ((x ^ y) * 4) as u8])
+        }));
+        let mut full = Vec::new();
+        img.write_to(&mut Cursor::new(&mut full), image::ImageFormat::Jpeg)
+            .unwrap();
+        check_jpeg_complete(&full).unwrap();
+        // With an EXIF block and trailing bytes after the end marker (common in camera files).
+        let mut with_tail = jpeg_with_orientation(16, 8, 6);
+        with_tail.extend(b"trailing junk");
+        check_jpeg_complete(&with_tail).unwrap();
+        assert!(decode_bytes(&with_tail, Path::new("t.jpg"), limits).is_ok());
+        for cut in [
+            3,
+            20,
+            full.len() / 3,
+            full.len() / 2,
+            full.len() - 2,
+            full.len() - 1,
+        ] {
+            let e = decode_bytes(&full[..cut], Path::new("cut.jpg"), limits).unwrap_err();
+            assert!(
+                matches!(e, PreprocessError::Decode { .. }) && e.to_string().contains("truncated"),
+                "cut at {cut}: {e}"
+            );
+        }
     }
 
     #[test]

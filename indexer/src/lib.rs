@@ -1,18 +1,51 @@
-//! quarry-indexer: from photo files to model-ready pixels.
+//! quarry-indexer: from a photo library to model-ready pixels.
 //!
 //! This crate knows nothing of BLIP-2 beyond an image size, a mean and a standard deviation
-//! ([`PreprocessSpec`]). It decodes images of the common formats with their EXIF orientation
-//! applied, drops alpha the way PIL's `convert("RGB")` does, resizes with a port of Pillow's
-//! bicubic resampling (the filter the checkpoints were trained and evaluated with), and
-//! normalises into CHW f32 planes.
+//! ([`PreprocessSpec`]). An indexing run goes through its modules in this order:
+//!
+//! 1. [`walk_library`] lists the images under the given roots, recognised by content (JPEG, PNG,
+//!    WebP, GIF, BMP, TIFF; HEIC/AVIF/JPEG XL reported as unsupported), following symlinks
+//!    without loops, skipping hidden entries and `--exclude` globs, and reporting every file it
+//!    cannot use as a [`FileProblem`] without stopping.
+//! 2. [`plan_changes`] compares the walk with what the store knows ([`KnownFile`]) and says what
+//!    is new, modified, moved, copied, touched, deleted, unchanged, or to retry ([`ChangePlan`]);
+//!    unchanged files are not read, the others are identified by [`ContentHash`] (xxh3-128).
+//! 3. [`prepare_batches`] decodes and preprocesses the files to embed on a bounded pool of
+//!    threads and hands the model full batches ([`PreparedBatches`]), each image with its
+//!    [`ImageInfo`] (displayed size, EXIF orientation, capture time, camera) and the hash of the
+//!    bytes decoded; a file that fails gives an error in its slot.
+//!
+//! Underneath, decoding applies the EXIF orientation, refuses images over a pixel limit from
+//! the header (decompression bombs), drops alpha the way PIL's `convert("RGB")` does, resizes
+//! with a port of Pillow's bicubic resampling (the filter the checkpoints were trained and
+//! evaluated with), and normalises into CHW f32 planes.
 
+mod changes;
 mod decode;
+mod hash;
+mod metadata;
 mod normalize;
+mod pipeline;
 mod resample;
+mod sniff;
+mod walk;
 
+#[cfg(test)]
+mod bad_inputs;
+#[cfg(test)]
+mod testutil;
+
+pub use changes::{plan_changes, ChangePlan, Copied, HashedFile, KnownFile, Modified, Moved};
 pub use decode::{decode_bytes, decode_file, DecodeLimits};
+pub use hash::{ContentHash, ParseContentHashError};
+pub use metadata::{image_info_from_bytes, read_image_info, CaptureTime, ImageInfo, MetadataError};
 pub use normalize::{preprocess_file, to_pixels, PreprocessSpec};
+pub use pipeline::{
+    prepare_batches, PipelineError, PipelineOptions, Prepared, PreparedBatches, PreparedImage,
+};
 pub use resample::resize_bicubic;
+pub use sniff::{sniff, ImageKind, Sniffed, UnsupportedKind, SNIFF_LEN};
+pub use walk::{walk_library, FileProblem, FoundFile, Walk, WalkError, WalkOptions};
 
 use std::path::PathBuf;
 
@@ -47,6 +80,14 @@ pub enum PreprocessError {
         height: u32,
         /// The configured maximum number of pixels.
         limit: u64,
+    },
+    /// The content is an image format this build cannot decode (HEIC, AVIF, JPEG XL).
+    #[error("{path}: {reason}")]
+    Unsupported {
+        /// The image file.
+        path: PathBuf,
+        /// Which format, and what the user can do.
+        reason: String,
     },
     /// A preprocessing setting is unusable.
     #[error("invalid preprocessing settings: {0}")]

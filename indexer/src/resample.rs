@@ -85,7 +85,7 @@ fn resample_rows(src: &RgbImage, out_w: usize) -> RgbImage {
     let c = coefficients(w, out_w);
     let mut out = RgbImage::new(out_w as u32, h as u32);
     let src = src.as_raw();
-    let dst = out.as_mut();
+    let dst: &mut [u8] = out.as_mut();
     for y in 0..h {
         let row = &src[y * w * 3..(y + 1) * w * 3];
         for (xx, &(xmin, count)) in c.bounds.iter().enumerate() {
@@ -111,7 +111,7 @@ fn resample_columns(src: &RgbImage, out_h: usize) -> RgbImage {
     let c = coefficients(h, out_h);
     let mut out = RgbImage::new(w as u32, out_h as u32);
     let src = src.as_raw();
-    let dst = out.as_mut();
+    let dst: &mut [u8] = out.as_mut();
     let mut acc = vec![0i32; w * 3];
     for (yy, &(ymin, count)) in c.bounds.iter().enumerate() {
         let k = &c.weights[yy * c.ksize..yy * c.ksize + count];
