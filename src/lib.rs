@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod device;
 pub mod error;
 pub mod model;
+pub mod store;
 pub mod tokenize;
 
 pub use checkpoint::{CaptionFolder, LoadOptions, RetrievalFolder};

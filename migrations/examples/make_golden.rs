@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 
 fn main() -> std::io::Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("golden");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("golden");
     let v1 = root.join("v1");
     if v1.exists() {
         println!("{} exists; delete it first to regenerate", v1.display());

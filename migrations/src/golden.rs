@@ -45,7 +45,9 @@ pub struct V1Dataset {
 
 fn vectors(seed: u64, n: usize) -> Vec<f32> {
     // Exactly representable values, so that comparisons can be exact.
-    (0..n).map(|i| ((seed as usize * 7 + i * 3) % 17) as f32 * 0.125 - 1.0).collect()
+    (0..n)
+        .map(|i| ((seed as usize * 7 + i * 3) % 17) as f32 * 0.125 - 1.0)
+        .collect()
 }
 
 /// The golden version-1 store: two batches; batch 1 indexed three images (one captioned, one
@@ -76,24 +78,50 @@ pub fn v1_dataset() -> V1Dataset {
         caption_text: None,
         indexed_batch: 1,
     };
-    let mut beach = image(0, "photos/beach.jpg", 0x1111_2222_3333_4444_5555_6666_7777_8888, Some(("2021:07:04 10:00:00", 1_625_392_800)));
+    let mut beach = image(
+        0,
+        "photos/beach.jpg",
+        0x1111_2222_3333_4444_5555_6666_7777_8888,
+        Some(("2021:07:04 10:00:00", 1_625_392_800)),
+    );
     beach.caption = Some("a dog running on the beach".into());
     beach.caption_text = Some(0);
     let cat = image(1, "photos/2019/cat ünïcode.png", 0xabcdef, None);
-    let duplicate = image(3, "copies/beach again.jpg", beach.content_hash, Some(("2019:01:01 00:00:00", 1_546_300_800)));
-    let mut old = image(4, "scans/1965.tif", 0x4242, Some(("1965:05:01 12:00:00", -147_614_400)));
+    let duplicate = image(
+        3,
+        "copies/beach again.jpg",
+        beach.content_hash,
+        Some(("2019:01:01 00:00:00", 1_546_300_800)),
+    );
+    let mut old = image(
+        4,
+        "scans/1965.tif",
+        0x4242,
+        Some(("1965:05:01 12:00:00", -147_614_400)),
+    );
     old.indexed_batch = 2;
     let mut duplicate = duplicate;
     duplicate.indexed_batch = 1;
 
-    let bits: Vec<u16> = (0..(TOKENS * WIDTH) as u16).map(|i| 0x3C00 + i * 0x40).collect();
-    let location = v1::FeatureLocation { file: 0, offset: 0, len: bits.len() as u64 * 2, tokens: TOKENS, width: WIDTH };
+    let bits: Vec<u16> = (0..(TOKENS * WIDTH) as u16)
+        .map(|i| 0x3C00 + i * 0x40)
+        .collect();
+    let location = v1::FeatureLocation {
+        file: 0,
+        offset: 0,
+        len: bits.len() as u64 * 2,
+        tokens: TOKENS,
+        width: WIDTH,
+    };
     V1Dataset {
         model: v1::ModelIdentity {
             retrieval: fingerprint("blip2-itm-vit-g", "xxh3:0123456789abcdef"),
             captioner: Some(fingerprint("blip2-opt-2.7b", "xxh3:fedcba9876543210")),
         },
-        settings: v1::Settings { feature_cache: true, feature_file_limit: 1 << 30 },
+        settings: v1::Settings {
+            feature_cache: true,
+            feature_file_limit: 1 << 30,
+        },
         state: v1::State {
             last_batch: 2,
             next_image: 5,
@@ -117,11 +145,19 @@ pub fn v1_dataset() -> V1Dataset {
         ],
         texts: vec![
             (
-                v1::TextRecord { id: 0, text: "a dog running on the beach".into(), source: v1::TextSource::Caption { image: 0 } },
+                v1::TextRecord {
+                    id: 0,
+                    text: "a dog running on the beach".into(),
+                    source: v1::TextSource::Caption { image: 0 },
+                },
                 vectors(10, DIM),
             ),
             (
-                v1::TextRecord { id: 1, text: "our first holiday".into(), source: v1::TextSource::User },
+                v1::TextRecord {
+                    id: 1,
+                    text: "our first holiday".into(),
+                    source: v1::TextSource::User,
+                },
                 vectors(11, DIM),
             ),
         ],
@@ -159,7 +195,10 @@ pub fn write_v1(dir: &Path) -> std::io::Result<()> {
     use v1::keys;
     let data = v1_dataset();
     fs::create_dir_all(dir.join("features"))?;
-    let db = sled::Config::new().path(dir.join("db")).open().map_err(std::io::Error::other)?;
+    let db = sled::Config::new()
+        .path(dir.join("db"))
+        .open()
+        .map_err(std::io::Error::other)?;
     let mut batch = sled::Batch::default();
     crate::stamp_version(&mut batch, v1::VERSION);
     batch.insert(keys::MODEL, v1::json(&data.model));
@@ -167,14 +206,23 @@ pub fn write_v1(dir: &Path) -> std::io::Result<()> {
     batch.insert(keys::STATE, v1::json(&data.state));
     for (record, vectors) in &data.images {
         batch.insert(keys::with_id(keys::IMAGE, record.id), v1::json(record));
-        batch.insert(keys::with_id(keys::VECTORS, record.id), v1::f32_bytes(vectors));
+        batch.insert(
+            keys::with_id(keys::VECTORS, record.id),
+            v1::f32_bytes(vectors),
+        );
         let path = v1::path_json::to_bytes(&record.path);
-        batch.insert(keys::with_bytes(keys::PATH, &path), &record.id.to_be_bytes());
+        batch.insert(
+            keys::with_bytes(keys::PATH, &path),
+            &record.id.to_be_bytes(),
+        );
         batch.insert(keys::hash(record.content_hash, record.id), &[] as &[u8]);
     }
     for (record, embedding) in &data.texts {
         batch.insert(keys::with_id(keys::TEXT, record.id), v1::json(record));
-        batch.insert(keys::with_id(keys::TEXT_EMBEDDING, record.id), v1::f32_bytes(embedding));
+        batch.insert(
+            keys::with_id(keys::TEXT_EMBEDDING, record.id),
+            v1::f32_bytes(embedding),
+        );
     }
     for failure in &data.failures {
         let path = v1::path_json::to_bytes(&failure.path);

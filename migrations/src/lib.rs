@@ -88,7 +88,10 @@ struct Step {
 }
 
 /// Every step, in order. The step to version N lives in the file of version N.
-const STEPS: &[Step] = &[Step { from: 1, build: v2::upgrade_from_v1 }];
+const STEPS: &[Step] = &[Step {
+    from: 1,
+    build: v2::upgrade_from_v1,
+}];
 
 /// What [`upgrade`] or [`migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,10 +114,13 @@ pub fn read_version(db: &sled::Db) -> Result<Option<u32>, MigrationError> {
     match db.get(FORMAT_VERSION_KEY)? {
         None => Ok(None),
         Some(raw) => {
-            let bytes: [u8; 4] = raw.as_ref().try_into().map_err(|_| MigrationError::Corrupt {
-                version: 0,
-                what: format!("format version value has {} bytes, expected 4", raw.len()),
-            })?;
+            let bytes: [u8; 4] = raw
+                .as_ref()
+                .try_into()
+                .map_err(|_| MigrationError::Corrupt {
+                    version: 0,
+                    what: format!("format version value has {} bytes, expected 4", raw.len()),
+                })?;
             Ok(Some(u32::from_be_bytes(bytes)))
         }
     }
@@ -135,7 +141,10 @@ pub fn migrate(db: &sled::Db, from: u32) -> Result<MigrationReport, MigrationErr
     for step in STEPS.iter().filter(|s| s.from >= from) {
         let found = read_version(db)?.ok_or(MigrationError::MissingVersion)?;
         if found != step.from || version != step.from {
-            return Err(MigrationError::WrongStart { expected: step.from, found });
+            return Err(MigrationError::WrongStart {
+                expected: step.from,
+                found,
+            });
         }
         let mut batch = (step.build)(db)?;
         stamp_version(&mut batch, step.from + 1);
@@ -164,10 +173,16 @@ pub fn upgrade(db: &sled::Db) -> Result<MigrationReport, MigrationError> {
 
 fn check_supported(found: u32) -> Result<(), MigrationError> {
     if found > CURRENT_FORMAT_VERSION {
-        return Err(MigrationError::TooNew { found, current: CURRENT_FORMAT_VERSION });
+        return Err(MigrationError::TooNew {
+            found,
+            current: CURRENT_FORMAT_VERSION,
+        });
     }
     if found < OLDEST_SUPPORTED_VERSION {
-        return Err(MigrationError::TooOld { found, oldest: OLDEST_SUPPORTED_VERSION });
+        return Err(MigrationError::TooOld {
+            found,
+            oldest: OLDEST_SUPPORTED_VERSION,
+        });
     }
     Ok(())
 }
@@ -178,7 +193,10 @@ mod tests {
 
     fn temp_db() -> (tempfile::TempDir, sled::Db) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path().join("db")).open().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
         (dir, db)
     }
 
@@ -195,7 +213,11 @@ mod tests {
     #[test]
     fn newer_store_is_refused_and_left_untouched() {
         let (_dir, db) = temp_db();
-        db.insert(FORMAT_VERSION_KEY, &(CURRENT_FORMAT_VERSION + 1).to_be_bytes()).unwrap();
+        db.insert(
+            FORMAT_VERSION_KEY,
+            &(CURRENT_FORMAT_VERSION + 1).to_be_bytes(),
+        )
+        .unwrap();
         let err = upgrade(&db).unwrap_err();
         assert!(matches!(err, MigrationError::TooNew { .. }), "{err}");
         assert!(err.to_string().contains("newer quarry"), "{err}");
@@ -213,7 +235,8 @@ mod tests {
     fn empty_database_and_current_store_need_nothing() {
         let (_dir, db) = temp_db();
         assert!(!upgrade(&db).unwrap().upgraded());
-        db.insert(FORMAT_VERSION_KEY, &CURRENT_FORMAT_VERSION.to_be_bytes()).unwrap();
+        db.insert(FORMAT_VERSION_KEY, &CURRENT_FORMAT_VERSION.to_be_bytes())
+            .unwrap();
         let report = upgrade(&db).unwrap();
         assert!(!report.upgraded());
         assert_eq!(report.to, CURRENT_FORMAT_VERSION);
@@ -222,7 +245,11 @@ mod tests {
     #[test]
     fn migrate_refuses_a_wrong_start_version() {
         let (_dir, db) = temp_db();
-        db.insert(FORMAT_VERSION_KEY, &CURRENT_FORMAT_VERSION.to_be_bytes()).unwrap();
-        assert!(matches!(migrate(&db, 1), Err(MigrationError::WrongStart { .. })));
+        db.insert(FORMAT_VERSION_KEY, &CURRENT_FORMAT_VERSION.to_be_bytes())
+            .unwrap();
+        assert!(matches!(
+            migrate(&db, 1),
+            Err(MigrationError::WrongStart { .. })
+        ));
     }
 }

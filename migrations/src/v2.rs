@@ -66,7 +66,13 @@ mod tests {
 
     #[test]
     fn date_keys_sort_by_time_then_id_across_the_epoch() {
-        let dates = [(-5_000_000_000i64, 3u64), (-1, 9), (0, 1), (0, 2), (1_700_000_000, 0)];
+        let dates = [
+            (-5_000_000_000i64, 3u64),
+            (-1, 9),
+            (0, 1),
+            (0, 2),
+            (1_700_000_000, 0),
+        ];
         let keys: Vec<Vec<u8>> = dates.iter().map(|&(s, id)| date_key(s, id)).collect();
         let mut sorted = keys.clone();
         sorted.sort();
