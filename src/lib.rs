@@ -22,6 +22,7 @@ pub mod device;
 pub mod error;
 pub mod indexing;
 pub mod model;
+pub mod store;
 pub mod synth;
 pub mod tokenize;
 
