@@ -17,10 +17,12 @@
 //!    search exactly as transformers does. The ViT trunk is shared with the retrieval model
 //!    when both checkpoints carry the same one ([`model::shared_vision`]).
 
+pub mod ann;
 pub mod checkpoint;
 pub mod device;
 pub mod error;
 pub mod model;
+pub mod text;
 pub mod tokenize;
 
 pub use checkpoint::{CaptionFolder, LoadOptions, RetrievalFolder};
