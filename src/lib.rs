@@ -17,13 +17,16 @@
 //!    search exactly as transformers does. The ViT trunk is shared with the retrieval model
 //!    when both checkpoints carry the same one ([`model::shared_vision`]).
 
+pub mod ann;
 pub mod checkpoint;
 pub mod device;
 pub mod error;
 pub mod indexing;
+pub mod library;
 pub mod model;
 pub mod store;
 pub mod synth;
+pub mod text;
 pub mod tokenize;
 
 pub use checkpoint::{CaptionFolder, LoadOptions, RetrievalFolder};
