@@ -70,7 +70,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let caption_settings = CaptionSettings {
         num_beams: args.caption_beams,
         max_new_tokens: args.caption_max_tokens,
-        min_new_tokens: CaptionSettings::default().min_new_tokens.min(args.caption_max_tokens),
+        min_new_tokens: CaptionSettings::default()
+            .min_new_tokens
+            .min(args.caption_max_tokens),
         ..CaptionSettings::default()
     };
     let models = IndexModels::load(

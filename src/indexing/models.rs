@@ -108,7 +108,8 @@ impl IndexModels {
                 let fingerprint = folder.fingerprint()?;
                 shared_trunk = folder.preprocess == retrieval.preprocess
                     && caption_settings.precision.vision == options.vision_dtype
-                    && folder.vision_trunk_fingerprint()? == retrieval.vision_trunk_fingerprint()?;
+                    && folder.vision_trunk_fingerprint()?
+                        == retrieval.vision_trunk_fingerprint()?;
                 let settings = GenerationSettings {
                     num_beams: caption_settings.num_beams,
                     max_new_tokens: caption_settings.max_new_tokens,
@@ -199,9 +200,9 @@ impl IndexModels {
         let (captions, caption_embeddings) = match (caption_model, &encoded.captioning) {
             (Some(c), Some(tokens)) => {
                 let prompts = vec![c.prompt.clone(); b];
-                let generated = c
-                    .model
-                    .generate_from_image_tokens(tokens, &prompts, &c.settings)?;
+                let generated =
+                    c.model
+                        .generate_from_image_tokens(tokens, &prompts, &c.settings)?;
                 let texts = generated
                     .iter()
                     .map(|g| c.folder.decode(&g.token_ids))
@@ -237,7 +238,11 @@ impl IndexModels {
         for path in paths {
             data.extend(preprocess_file(path, spec, DecodeLimits::default())?);
         }
-        Ok(Tensor::from_vec(data, (paths.len(), 3, s, s), &self.device)?)
+        Ok(Tensor::from_vec(
+            data,
+            (paths.len(), 3, s, s),
+            &self.device,
+        )?)
     }
 }
 

@@ -157,7 +157,10 @@ impl IndexSummary {
 #[derive(Debug, Clone)]
 enum Work {
     New(HashedFile),
-    Modified { file: HashedFile, old_image: Option<u64> },
+    Modified {
+        file: HashedFile,
+        old_image: Option<u64>,
+    },
     Retry(HashedFile),
 }
 
@@ -185,10 +188,7 @@ pub fn index_paths(
         .iter()
         .map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()))
         .collect();
-    let stored = library
-        .store()
-        .known_files()
-        .map_err(LibraryError::from)?;
+    let stored = library.store().known_files().map_err(LibraryError::from)?;
     let mut image_of: HashMap<PathBuf, u64> = HashMap::new();
     let known: Vec<KnownFile> = stored
         .into_iter()
@@ -253,7 +253,15 @@ pub fn index_paths(
             reason: problem.reason.clone(),
         });
     }
-    commit_if_any(library, &write, &indexed_paths, &failed_files, 0, &mut summary, on_event)?;
+    commit_if_any(
+        library,
+        &write,
+        &indexed_paths,
+        &failed_files,
+        0,
+        &mut summary,
+        on_event,
+    )?;
 
     // Copies read the source's record, which the moves above may have just renamed.
     let mut write = BatchWrite::default();
@@ -264,7 +272,15 @@ pub fn index_paths(
             indexed_paths.push(c.to.file.path.clone());
         }
     }
-    commit_if_any(library, &write, &indexed_paths, &[], 0, &mut summary, on_event)?;
+    commit_if_any(
+        library,
+        &write,
+        &indexed_paths,
+        &[],
+        0,
+        &mut summary,
+        on_event,
+    )?;
 
     // 2. Model work.
     let work: Vec<(Work, PathBuf)> = plan
@@ -483,4 +499,3 @@ fn commit_if_any(
     });
     Ok(())
 }
-

@@ -108,7 +108,7 @@ impl Library {
         match words.committed_batch()? {
             Some(done) if done == last => {}
             Some(done) if done < last => {
-                for changes in store.changes_since(done)? {
+                for changes in store.changes_since(done) {
                     apply_words(&store, &mut words, &changes?)?;
                     recovery.text_batches_replayed += 1;
                 }
@@ -124,7 +124,7 @@ impl Library {
 
         let (images, texts, dumped_batch) = match load_vectors(&dir) {
             Some((mut images, mut texts, done)) if done <= last => {
-                for changes in store.changes_since(done)? {
+                for changes in store.changes_since(done) {
                     apply_vectors(&store, &mut images, &mut texts, &changes?)?;
                     recovery.ann_batches_replayed += 1;
                 }
@@ -188,7 +188,7 @@ impl Library {
     pub fn commit(&mut self, write: &BatchWrite) -> Result<CommitReceipt, LibraryError> {
         let receipt = self.store.commit(write)?;
         let before = receipt.batch - 1;
-        for changes in self.store.changes_since(before)? {
+        for changes in self.store.changes_since(before) {
             let changes = changes?;
             apply_words(&self.store, &mut self.words, &changes)?;
             apply_vectors(&self.store, &mut self.images, &mut self.texts, &changes)?;
