@@ -379,14 +379,14 @@ function applyCutoff() {
   });
   const total = hits.length;
   let text;
-  if (total === 0) text = `No results for “${state.q}”.`;
-  else if (min > 0) text = `${shown} of ${plural(total, 'result')} for “${state.q}” with a match of at least ${Math.round(min * 100)}%.`;
-  else text = `${plural(total, 'result')} for “${state.q}”.`;
+  if (total === 0) text = `No results for “${state.q}”`;
+  else if (min > 0) text = `${shown} of ${plural(total, 'result')} for “${state.q}” with a match of at least ${Math.round(min * 100)}%`;
+  else text = `${plural(total, 'result')} for “${state.q}”`;
   const extra = [];
   if (isNum(data.reranked) && total > 0) extra.push(data.reranked > 0 ? `top ${data.reranked} re-ranked by ITM` : 'not re-ranked');
   if (data.timing_ms && isNum(data.timing_ms.total)) extra.push(`${Math.round(data.timing_ms.total)} ms`);
   if (state.sort === 'date') extra.push('sorted by date taken');
-  const status = extra.length ? `${text} (${extra.join(', ')})` : text;
+  const status = extra.length ? `${text} (${extra.join(', ')}).` : `${text}.`;
   // The status is a live region: update it once the slider settles, not on every step.
   clearTimeout(statusTimer);
   statusTimer = setTimeout(() => { $('result-status').textContent = status; }, 150);

@@ -36,8 +36,15 @@ let browser;
 let page;
 const pageErrors = [];
 
-async function shot(name) {
-  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+/** Saves a screenshot; the whole page, or only the viewport where a modal dialog covers it. */
+async function shot(name, { fullPage = true } = {}) {
+  // Let the thumbnails near the viewport finish loading (lazy ones further away never start).
+  await page.waitForFunction(() => Array.from(document.images).every((img) => {
+    const r = img.getBoundingClientRect();
+    const near = r.bottom > -1000 && r.top < innerHeight + 1000 && r.width > 0;
+    return !near || img.complete;
+  }), null, { timeout: 10000 }).catch(() => {});
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage });
 }
 
 /** Waits until a text search has finished on the page (results, empty state or error). */
@@ -244,7 +251,7 @@ test('the detail dialog opens with the keyboard and explains the ranking', async
   const similar = await readCards('#similar-grid .card');
   for (const c of similar) assert.match(c.scoresText, /similarity\s+-?\d+\.\d{3}/, 'similar images show their similarity');
   assert.ok(similar.every((c) => c.id !== String(hit.id)), 'the image itself is not listed as similar to itself');
-  await shot('05-detail');
+  await shot('05-detail', { fullPage: false });
 
   await page.keyboard.press('Escape');
   await dialog.waitFor({ state: 'hidden' });
@@ -335,7 +342,7 @@ test('a 375×740 phone screen has no horizontal scrolling', async () => {
   assert.ok(await page.locator('#grid .card').count() >= 1, 'results load from a linked URL');
   let o = await overflow();
   assert.ok(o.doc <= o.view && o.body <= o.view, `results fit the width: ${JSON.stringify(o)}`);
-  await shot('08-phone-results');
+  await shot('08-phone-results', { fullPage: false });
 
   await page.locator('#filters summary').click();
   o = await overflow();
@@ -351,7 +358,7 @@ test('a 375×740 phone screen has no horizontal scrolling', async () => {
     return { scroll: d.scrollWidth, client: d.clientWidth };
   });
   assert.ok(inner.scroll <= inner.client, `the dialog's content fits its width: ${JSON.stringify(inner)}`);
-  await shot('09-phone-detail');
+  await shot('09-phone-detail', { fullPage: false });
   await page.keyboard.press('Escape');
   await page.setViewportSize({ width: 1280, height: 900 });
 });
