@@ -290,9 +290,9 @@ async function runSearch(s) {
     view.search = null;
     $('grid').replaceChildren();
     $('more').hidden = true;
-    $('result-status').textContent = 'The search failed.';
+    $('toolbar').hidden = true;
+    $('result-status').textContent = '';
     showError('Search failed:', err);
-    renderEmpty('No results to show.', 'Change the query and press Enter to try again.');
   } finally {
     if (seq === searchSeq) setBusy(results, false);
   }
@@ -331,7 +331,10 @@ function imageCard(hit, index, extraScores, onOpen) {
 
 function searchScores(scores) {
   const itm = isNum(scores.itm) ? scores.itm : null;
-  const bar = h('span', { class: 'match-bar', 'aria-hidden': 'true' }, h('span', { style: `width:${itm === null ? 0 : (itm * 100).toFixed(1)}%` }));
+  const fill = h('span');
+  // Through the CSSOM, not a style attribute, so a strict Content-Security-Policy allows it.
+  fill.style.width = `${itm === null ? 0 : (itm * 100).toFixed(1)}%`;
+  const bar = h('span', { class: 'match-bar', 'aria-hidden': 'true' }, fill);
   return h('p', { class: 'scores' },
     scoreRow('match', pct(itm), 'ITM match probability (image–text matching head)'),
     bar,
@@ -808,7 +811,7 @@ async function pollJob() {
   clearTimeout(pollTimer);
   let job;
   try {
-    job = await api('/index');
+    job = await api('/index', { auth: true });
   } catch {
     pollTimer = setTimeout(pollJob, POLL_MS * 5);
     return;
