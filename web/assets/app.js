@@ -250,6 +250,7 @@ function searchParams(s) {
 async function runSearch(s) {
   showTextMode();
   clearError();
+  document.title = s.q ? `${s.q.slice(0, 80)} — quarry` : 'quarry — image search';
   if (searchAbort) searchAbort.abort();
   if (!s.q) {
     view.search = null;
@@ -911,12 +912,22 @@ async function checkHealth() {
       if (body && isNum(body.images)) welcomeImages = body.images;
       return true;
     }
-    banner.textContent = `quarry is starting up${body && body.message ? `: ${body.message}` : ' (loading the model)'}. Searches will work in a moment.`;
+    const why = body && typeof body.message === 'string' ? `: ${body.message.replace(/[.\s]+$/, '')}` : ' (loading the model)';
+    banner.textContent = `quarry is starting up${why}. Searches will work in a moment.`;
   } catch {
     banner.textContent = 'Cannot reach the quarry server. Retrying…';
   }
   banner.hidden = false;
-  setTimeout(async () => { if (await checkHealth()) loadStats(); }, 2000);
+  setTimeout(async () => {
+    if (!(await checkHealth())) return;
+    loadStats();
+    // A search that failed while the server was starting is worth running again.
+    const s = stateFromUrl();
+    if (s.q && !view.search && $('image-results').hidden) {
+      fillForm(s);
+      runSearch(s);
+    }
+  }, 2000);
   return false;
 }
 
