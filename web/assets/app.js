@@ -431,7 +431,9 @@ function renderWelcome() {
 }
 
 function updateSliderLabel() {
-  $('min-match-value').textContent = `${$('min-match').value}%`;
+  const value = `${$('min-match').value}%`;
+  $('min-match-value').textContent = value;
+  $('min-match').setAttribute('aria-valuetext', value);
 }
 
 let sliderUrlTimer = null;

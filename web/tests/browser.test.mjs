@@ -1,6 +1,7 @@
 // Browser test of quarry's web page, run against a live `quarry serve` (see run.sh).
 //
-// Debian's Chromium, headless, driven by playwright-core (no downloaded browsers). Each step
+// Debian's Chromium, headless, driven by playwright-core (no downloaded browsers); axe-core
+// checks accessibility (WCAG 2 A/AA) of each view. Each step
 // saves a screenshot. The page's numbers are checked against the API's own answers, fetched
 // here directly, so the test holds for any store and any model.
 //
@@ -17,6 +18,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
@@ -31,6 +33,8 @@ const TIMEOUT = Number(process.env.QUARRY_TIMEOUT_MS || 60000);
 const LONG_QUERY_CHARS = Number(process.env.QUARRY_LONG_QUERY_CHARS || 20000);
 // The page asks for this many hits per search (PAGE_SIZE in app.js).
 const PAGE_SIZE = 24;
+
+const AXE_SOURCE = fs.readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
 
 let browser;
 let page;
@@ -70,6 +74,16 @@ function readCards(selector = '#grid .card') {
   })));
 }
 
+/** Runs axe-core (WCAG 2 A and AA rules) on the page as it is now and asserts no violations. */
+async function assertAccessible(label) {
+  if (!(await page.evaluate(() => typeof window.axe === 'object'))) await page.addScriptTag({ content: AXE_SOURCE });
+  const violations = await page.evaluate(async () => {
+    const result = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'best-practice'] } });
+    return result.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+  });
+  assert.deepEqual(violations, [], `${label}: accessibility violations`);
+}
+
 const visibleCount = () => page.locator('#grid .card:not([hidden])').count();
 
 async function apiJson(pathAndQuery, init) {
@@ -88,7 +102,8 @@ before(async () => {
     headless: true,
     args: ['--no-sandbox', '--disable-dev-shm-usage'],
   });
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  // bypassCSP lets the test inject axe-core; the page itself needs no inline script or style.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, bypassCSP: true });
   page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
   page.on('pageerror', (err) => pageErrors.push(err));
@@ -112,6 +127,7 @@ test('the page loads with a search box, an empty state and store statistics', as
   assert.ok(footer.includes(`${stats.images.toLocaleString('en')} image`), `the footer shows the image count ${stats.images}: "${footer}"`);
   assert.ok(await page.locator('#empty-state .welcome').isVisible(), 'an empty page explains what to do');
   await shot('01-start');
+  await assertAccessible('the start page');
 });
 
 let firstHits;
@@ -159,6 +175,7 @@ test('typing a query and pressing Enter shows ranked results with scores', async
   const status2 = await page.getByRole('status').filter({ hasText: /results? for/ }).textContent();
   assert.ok(status2.includes(String(cards.length)), `the live status announces the count: "${status2}"`);
   await shot('02-results');
+  await assertAccessible('the results');
 });
 
 test('moving the relevance slider cuts results by match probability, monotonically, down to none', async () => {
@@ -252,6 +269,7 @@ test('the detail dialog opens with the keyboard and explains the ranking', async
   for (const c of similar) assert.match(c.scoresText, /similarity\s+-?\d+\.\d{3}/, 'similar images show their similarity');
   assert.ok(similar.every((c) => c.id !== String(hit.id)), 'the image itself is not listed as similar to itself');
   await shot('05-detail', { fullPage: false });
+  await assertAccessible('the detail dialog');
 
   await page.keyboard.press('Escape');
   await dialog.waitFor({ state: 'hidden' });
@@ -318,6 +336,7 @@ test('dropping an image, or choosing it with the keyboard, returns texts (image 
   const dropped = await checkImageResults('drop');
   assert.equal(await page.locator('#query-name').textContent(), name, 'the dropped file is shown as the query');
   await shot('06-drop-image');
+  await assertAccessible('the image results');
 
   // Keyboard and phone users pick the file: Enter on the button opens the file chooser.
   const [chooser] = await Promise.all([page.waitForEvent('filechooser'), page.locator('#choose-image').press('Enter')]);
