@@ -1,9 +1,9 @@
 // Browser test of quarry's web page, run against a live `quarry serve` (see run.sh).
 //
 // Debian's Chromium, headless, driven by playwright-core (no downloaded browsers); axe-core
-// checks accessibility (WCAG 2 A/AA) of each view. Each step
-// saves a screenshot. The page's numbers are checked against the API's own answers, fetched
-// here directly, so the test holds for any store and any model.
+// checks the accessibility (WCAG 2 A/AA) of each view. Each step saves a screenshot. The
+// page's numbers are checked against the API's own answers, fetched here directly, so the
+// test holds for any store and any model.
 //
 // Environment:
 //   QUARRY_URL          base URL of the running server (required), e.g. http://127.0.0.1:8080
