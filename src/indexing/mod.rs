@@ -5,5 +5,6 @@ pub mod run;
 
 pub use models::{model_identity, CaptionSettings, ImageAnalysis, IndexModels};
 pub use run::{
-    index_paths, FailedFile, IndexError, IndexEvent, IndexOptions, IndexSummary, PlanSummary,
+    index_paths, FailedFile, IndexError, IndexEvent, IndexOptions, IndexSummary, IndexTarget,
+    PlanSummary,
 };

@@ -153,6 +153,45 @@ impl IndexSummary {
     }
 }
 
+/// Where a run writes: a [`Library`] owned by the caller, or one shared with searches (the
+/// server), which is locked only for each commit and never for the model work.
+pub trait IndexTarget {
+    /// Reads from the library.
+    fn read<R>(&self, f: impl FnOnce(&Library) -> R) -> R;
+    /// Commits one batch (see [`Library::commit`]).
+    fn commit(&mut self, write: &BatchWrite) -> Result<crate::store::CommitReceipt, LibraryError>;
+    /// Dumps the vector indexes (see [`Library::checkpoint`]).
+    fn checkpoint(&mut self) -> Result<(), LibraryError>;
+}
+
+impl IndexTarget for Library {
+    fn read<R>(&self, f: impl FnOnce(&Library) -> R) -> R {
+        f(self)
+    }
+    fn commit(&mut self, write: &BatchWrite) -> Result<crate::store::CommitReceipt, LibraryError> {
+        Library::commit(self, write)
+    }
+    fn checkpoint(&mut self) -> Result<(), LibraryError> {
+        Library::checkpoint(self)
+    }
+}
+
+impl IndexTarget for &std::sync::RwLock<Library> {
+    fn read<R>(&self, f: impl FnOnce(&Library) -> R) -> R {
+        f(&std::sync::RwLock::read(self).unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+    fn commit(&mut self, write: &BatchWrite) -> Result<crate::store::CommitReceipt, LibraryError> {
+        std::sync::RwLock::write(self)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .commit(write)
+    }
+    fn checkpoint(&mut self) -> Result<(), LibraryError> {
+        std::sync::RwLock::write(self)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .checkpoint()
+    }
+}
+
 /// What a file needs from the model, carried through the pipeline.
 #[derive(Debug, Clone)]
 enum Work {
@@ -175,7 +214,7 @@ impl Work {
 /// Indexes `roots` into `library` with `models`. Only records under the roots are compared,
 /// so indexing a second folder into the same store never removes the first.
 pub fn index_paths(
-    library: &mut Library,
+    library: &mut impl IndexTarget,
     models: &IndexModels,
     roots: &[PathBuf],
     options: &IndexOptions,
@@ -188,7 +227,9 @@ pub fn index_paths(
         .iter()
         .map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()))
         .collect();
-    let stored = library.store().known_files().map_err(LibraryError::from)?;
+    let stored = library
+        .read(|l| l.store().known_files())
+        .map_err(LibraryError::from)?;
     let mut image_of: HashMap<PathBuf, u64> = HashMap::new();
     let known: Vec<KnownFile> = stored
         .into_iter()
@@ -267,7 +308,7 @@ pub fn index_paths(
     let mut write = BatchWrite::default();
     let mut indexed_paths = Vec::new();
     for c in &plan.copied {
-        if let Some(image) = copy_of(library, &c.to)? {
+        if let Some(image) = library.read(|l| copy_of(l, &c.to))? {
             write.new_images.push(image);
             indexed_paths.push(c.to.file.path.clone());
         }
@@ -477,7 +518,7 @@ fn copy_of(library: &Library, to: &HashedFile) -> Result<Option<NewImage>, Libra
 }
 
 fn commit_if_any(
-    library: &mut Library,
+    library: &mut impl IndexTarget,
     write: &BatchWrite,
     indexed: &[PathBuf],
     failed: &[FailedFile],
