@@ -3,5 +3,6 @@
 mod captioning;
 mod cli;
 mod folder_errors;
+mod indexing;
 mod parity;
 mod support;
