@@ -579,9 +579,12 @@ impl Store {
             }
         }
         batch.insert(keys::STATE, json(&state));
-        self.db.apply_batch(batch).map_err(self.db_error())?;
-        self.db.flush().map_err(self.db_error())?;
+        if let Err(e) = self.db.apply_batch(batch) {
+            self.features.rollback(&writer.state)?;
+            return Err(database(&self.dir, e));
+        }
         writer.state = state;
+        self.db.flush().map_err(self.db_error())?;
         self.features.remove_below(first)?;
         Ok(CompactionReport {
             bytes_before,
@@ -700,6 +703,14 @@ impl Store {
             problems.push(format!(
                 "feature bytes: counter {}, locations {live_bytes}",
                 state.feature_live_bytes
+            ));
+        }
+        let on_disk = self.features.bytes_on_disk()?;
+        let accounted = state.feature_live_bytes + state.feature_dead_bytes;
+        if on_disk != accounted {
+            problems.push(format!(
+                "feature files hold {on_disk} bytes, the store accounts for {accounted} \
+                 (live and dead)"
             ));
         }
         if let Some(last) = self.db.scan_prefix(keys::CHANGES).keys().next_back() {
