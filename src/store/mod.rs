@@ -69,6 +69,17 @@ struct Writer {
     settings: StoreSettings,
 }
 
+/// The ITM feature cache's bytes, to decide when [`Store::compact_features`] pays off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureBytes {
+    /// Bytes referenced by indexed images.
+    pub live: u64,
+    /// Bytes of removed images, reclaimable by compaction.
+    pub dead: u64,
+    /// Bytes of the feature files on disk (`live + dead` in a consistent store).
+    pub on_disk: u64,
+}
+
 /// What [`Store::compact_features`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactionReport {
@@ -536,6 +547,16 @@ impl Store {
         self.db.apply_batch(prune).map_err(self.db_error())?;
         self.db.flush().map_err(self.db_error())?;
         Ok(())
+    }
+
+    /// Live, dead and on-disk bytes of the feature cache.
+    pub fn feature_bytes(&self) -> Result<FeatureBytes, StoreError> {
+        let state = self.writer().state.clone();
+        Ok(FeatureBytes {
+            live: state.feature_live_bytes,
+            dead: state.feature_dead_bytes,
+            on_disk: self.features.bytes_on_disk()?,
+        })
     }
 
     /// Rewrites the live features into fresh files and deletes the old ones, reclaiming the
