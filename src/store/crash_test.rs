@@ -73,7 +73,10 @@ fn crash_child() {
     let store = Store::create_or_open_with(Path::new(&dir), &identity(), &settings()).unwrap();
     let mut counter = store.last_batch() * 100;
     let stdout = std::io::stdout();
-    loop {
+    // A safety net: the parent kills the child long before this, but a child whose parent
+    // died must not commit forever.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
         let live: Vec<ImageRecord> = store.images().map(Result::unwrap).collect();
         let mut write = BatchWrite::default();
         let mut added_paths = Vec::new();
@@ -286,7 +289,7 @@ fn acknowledged_commits_survive_sigkill() {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        child.kill().unwrap(); // SIGKILL
+        child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
         let before = expected.acks;
         // libtest's "test crash_child ... " has no newline: the first ack follows it.
