@@ -69,6 +69,17 @@ struct Writer {
     settings: StoreSettings,
 }
 
+/// The ITM feature cache's bytes, to decide when [`Store::compact_features`] pays off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureBytes {
+    /// Bytes referenced by indexed images.
+    pub live: u64,
+    /// Bytes of removed images, reclaimable by compaction.
+    pub dead: u64,
+    /// Bytes of the feature files on disk (`live + dead` in a consistent store).
+    pub on_disk: u64,
+}
+
 /// What [`Store::compact_features`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactionReport {
@@ -538,6 +549,16 @@ impl Store {
         Ok(())
     }
 
+    /// Live, dead and on-disk bytes of the feature cache.
+    pub fn feature_bytes(&self) -> Result<FeatureBytes, StoreError> {
+        let state = self.writer().state.clone();
+        Ok(FeatureBytes {
+            live: state.feature_live_bytes,
+            dead: state.feature_dead_bytes,
+            on_disk: self.features.bytes_on_disk()?,
+        })
+    }
+
     /// Rewrites the live features into fresh files and deletes the old ones, reclaiming the
     /// bytes of removed images. Crash-safe: the new files are fsynced before one sled batch
     /// moves every location to them; a crash before it leaves the old files in use (the new
@@ -579,9 +600,12 @@ impl Store {
             }
         }
         batch.insert(keys::STATE, json(&state));
-        self.db.apply_batch(batch).map_err(self.db_error())?;
-        self.db.flush().map_err(self.db_error())?;
+        if let Err(e) = self.db.apply_batch(batch) {
+            self.features.rollback(&writer.state)?;
+            return Err(database(&self.dir, e));
+        }
         writer.state = state;
+        self.db.flush().map_err(self.db_error())?;
         self.features.remove_below(first)?;
         Ok(CompactionReport {
             bytes_before,
@@ -700,6 +724,14 @@ impl Store {
             problems.push(format!(
                 "feature bytes: counter {}, locations {live_bytes}",
                 state.feature_live_bytes
+            ));
+        }
+        let on_disk = self.features.bytes_on_disk()?;
+        let accounted = state.feature_live_bytes + state.feature_dead_bytes;
+        if on_disk != accounted {
+            problems.push(format!(
+                "feature files hold {on_disk} bytes, the store accounts for {accounted} \
+                 (live and dead)"
             ));
         }
         if let Some(last) = self.db.scan_prefix(keys::CHANGES).keys().next_back() {

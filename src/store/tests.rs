@@ -217,6 +217,8 @@ fn removal_cleans_every_index_and_compaction_reclaims_its_features() {
     );
     consistent(&store);
 
+    let bytes = store.feature_bytes().unwrap();
+    assert_eq!((bytes.live, bytes.dead, bytes.on_disk), (24, 24, 48));
     let report = store.compact_features().unwrap();
     assert_eq!(
         (report.bytes_before, report.bytes_after, report.images),
@@ -711,4 +713,137 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+#[test]
+fn a_store_from_a_newer_quarry_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(new_store(tmp.path()));
+    let db = sled::Config::new()
+        .path(tmp.path().join("db"))
+        .open()
+        .unwrap();
+    let newer = quarry_migrations::CURRENT_FORMAT_VERSION + 1;
+    db.insert(quarry_migrations::FORMAT_VERSION_KEY, &newer.to_be_bytes())
+        .unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let err = Store::open_existing(tmp.path()).err().unwrap();
+    assert!(matches!(err, StoreError::Migration { .. }), "{err}");
+    assert!(err.to_string().contains("newer quarry"), "{err}");
+    let err = Store::create_or_open(tmp.path(), &identity())
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::Migration { .. }), "{err}");
+    let db = sled::Config::new()
+        .path(tmp.path().join("db"))
+        .open()
+        .unwrap();
+    assert_eq!(quarry_migrations::read_version(&db).unwrap(), Some(newer));
+}
+
+#[test]
+fn a_database_that_is_not_a_store_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = sled::Config::new()
+        .path(tmp.path().join("db"))
+        .open()
+        .unwrap();
+    db.insert(b"someone else's", b"data").unwrap();
+    drop(db);
+    let err = Store::open_existing(tmp.path()).err().unwrap();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+}
+
+/// Commit and read rates at the real sizes (32 × 256 vectors, 257 × 1408 f16 features).
+/// `cargo test --release -p quarry --lib store::tests::commit_rate -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement: writes about 190 MB"]
+fn commit_rate_at_real_sizes() {
+    use std::time::Instant;
+    let (q, d, t, w) = (32, 256, 257, 1408);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut model = identity();
+    model.retrieval.queries = q;
+    model.retrieval.embed_dim = d;
+    let store = Store::create_or_open(tmp.path(), &model).unwrap();
+    let features = ImageFeatures::from_f32(t, w, &vec![0.5; t * w]);
+    let (batches, per_batch) = (8, 32);
+    let start = Instant::now();
+    for b in 0..batches {
+        let images = (0..per_batch)
+            .map(|i| {
+                let n = (b * per_batch + i) as u64;
+                let mut image = new_image(&format!("photos/{n}.jpg"), n as u128, n);
+                image.vectors = vec![0.1; q * d];
+                image.caption = Some(NewCaption {
+                    text: format!("caption {n}"),
+                    embedding: vec![0.2; d],
+                });
+                image.features = Some(features.clone());
+                image
+            })
+            .collect();
+        store
+            .commit(&BatchWrite {
+                new_images: images,
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let commit = start.elapsed();
+    let n = batches * per_batch;
+    let start = Instant::now();
+    for id in 0..n as u64 {
+        assert!(store.vectors(id).unwrap().is_some());
+    }
+    let vectors = start.elapsed();
+    let start = Instant::now();
+    for id in 0..n as u64 {
+        assert!(store.features(id).unwrap().is_some());
+    }
+    let read_features = start.elapsed();
+    let counts = store.counts().unwrap();
+    drop(store);
+    let start = Instant::now();
+    let store = Store::open_existing(tmp.path()).unwrap();
+    let reopen = start.elapsed();
+    assert_eq!(store.counts().unwrap().images, n as u64);
+    println!(
+        "{n} images in {batches} batches of {per_batch}: commit {:.1} ms/batch ({:.0} images/s incl. \
+         features and fsync); vectors read {:.1} µs/image; features read {:.2} ms/image; \
+         feature cache {} bytes/image; reopen {:.1} ms",
+        commit.as_secs_f64() * 1e3 / batches as f64,
+        n as f64 / commit.as_secs_f64(),
+        vectors.as_secs_f64() * 1e6 / n as f64,
+        read_features.as_secs_f64() * 1e3 / n as f64,
+        counts.feature_cache_bytes / n as u64,
+        reopen.as_secs_f64() * 1e3,
+    );
+}
+
+#[test]
+fn store_is_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Store>();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let store = &store;
+            s.spawn(move || {
+                for i in 0..5u64 {
+                    let n = t * 10 + i;
+                    let write = BatchWrite {
+                        new_images: vec![new_image(&format!("{n}"), n as u128, n)],
+                        ..Default::default()
+                    };
+                    store.commit(&write).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(store.last_batch(), 20);
+    assert_eq!(store.counts().unwrap().images, 20);
+    consistent(&store);
 }
