@@ -36,12 +36,8 @@ fn photos() -> Vec<PathBuf> {
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/retrieval/images")
         });
-    let walk = walk_library(&[root.clone()], &WalkOptions::default()).unwrap();
-    assert!(
-        !walk.files.is_empty(),
-        "no images under {}",
-        root.display()
-    );
+    let walk = walk_library(std::slice::from_ref(&root), &WalkOptions::default()).unwrap();
+    assert!(!walk.files.is_empty(), "no images under {}", root.display());
     let megapixels: f64 = walk
         .files
         .iter()
