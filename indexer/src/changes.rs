@@ -18,9 +18,13 @@
 //! 4. A new path whose hash is that of a live indexed file (unchanged, touched, or a move target)
 //!    is **copied** from it: its embeddings can be copied instead of recomputed.
 //! 5. Everything else new is **new**; gone paths not consumed by moves are **deleted**.
-//! 6. A known path that still exists but could not be examined this run (a walk problem, or a
-//!    read error while hashing) is **unavailable**: neither deleted nor re-embedded, so a
-//!    temporarily unreadable file does not vanish from search.
+//! 6. A known path that still exists but could not be examined this run (a walk problem, a
+//!    file inside a folder that was a walk problem, or a read error while hashing) is
+//!    **unavailable**: neither deleted nor re-embedded, so a temporarily unreadable file or
+//!    folder does not vanish from search.
+//! 7. Only known files under the walk's roots are compared: indexing `~/Photos/2020` after
+//!    `~/Photos` deletes nothing outside `2020`. Known files outside the roots are assumed
+//!    still there and can be copy sources.
 //!
 //! Two new files with the same content are both `new` (neither is indexed yet); the store may
 //! still deduplicate the model work by hash.
@@ -137,12 +141,19 @@ impl ChangePlan {
 /// Compares a fresh walk with what the store knows (see the module docs for the rules). Hashes
 /// files in parallel on rayon's global pool.
 pub fn plan_changes(walk: &Walk, known: &[KnownFile]) -> ChangePlan {
+    let in_scope = |path: &Path| walk.roots.iter().any(|root| path.starts_with(root));
+    let (known, out_of_scope): (Vec<&KnownFile>, Vec<&KnownFile>) =
+        known.iter().partition(|k| in_scope(&k.path));
     let known_by_path: HashMap<&Path, &KnownFile> =
-        known.iter().map(|k| (k.path.as_path(), k)).collect();
+        known.iter().map(|k| (k.path.as_path(), *k)).collect();
     let mut plan = ChangePlan::default();
-    let mut present: HashSet<&Path> = walk.problems.iter().map(|p| p.path.as_path()).collect();
+    let problem_paths: HashSet<&Path> = walk.problems.iter().map(|p| p.path.as_path()).collect();
+    let mut present: HashSet<&Path> = problem_paths.clone();
     // Content indexed under a path that stays: sources for copies.
     let mut live: HashMap<ContentHash, PathBuf> = HashMap::new();
+    for k in out_of_scope.iter().filter(|k| !k.failed) {
+        live.entry(k.content_hash).or_insert_with(|| k.path.clone());
+    }
     let mut to_hash = Vec::new();
     for file in &walk.files {
         present.insert(&file.path);
@@ -200,9 +211,18 @@ pub fn plan_changes(walk: &Walk, known: &[KnownFile]) -> ChangePlan {
         }
     }
 
+    // Known paths inside a folder the walk could not read: unavailable, not gone.
+    for k in &known {
+        let path = k.path.as_path();
+        if !present.contains(path) && path.ancestors().skip(1).any(|a| problem_paths.contains(a)) {
+            plan.unavailable.push(k.path.clone());
+            present.insert(path);
+        }
+    }
     // Known paths that are gone: non-failed ones can be the source of a move.
     let mut gone: Vec<&KnownFile> = known
         .iter()
+        .copied()
         .filter(|k| !present.contains(k.path.as_path()))
         .collect();
     gone.sort_by(|a, b| a.path.cmp(&b.path));
@@ -373,18 +393,15 @@ mod tests {
         from.sort();
         from.dedup();
         assert_eq!(from.len(), 6, "each old path is used once");
+        let known_hash: HashMap<&Path, ContentHash> = known
+            .iter()
+            .map(|k| (k.path.as_path(), k.content_hash))
+            .collect();
         for m in &plan.moved {
+            // Pairs follow path order, so equal contents keep their own names.
             let rel = m.from.strip_prefix(root.join("2020")).unwrap();
-            assert_eq!(
-                ContentHash::of_file(&m.to.file.path).unwrap().0,
-                m.to.content_hash
-            );
-            assert_eq!(
-                ContentHash::of_bytes(&std::fs::read(&m.to.file.path).unwrap()),
-                ContentHash::of_file(&root.join("archive-2020").join(rel))
-                    .unwrap()
-                    .0
-            );
+            assert_eq!(m.to.file.path, root.join("archive-2020").join(rel));
+            assert_eq!(known_hash[m.from.as_path()], m.to.content_hash);
         }
     }
 
@@ -427,6 +444,47 @@ mod tests {
         assert_eq!(plan.problems.len(), 1);
         assert_eq!(plan.unavailable, [p("a.png")]);
         assert!(plan.deleted.is_empty());
+    }
+
+    #[test]
+    fn files_in_an_unreadable_folder_are_unavailable_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        std::fs::create_dir(p("album")).unwrap();
+        std::fs::write(p("album/a.png"), testutil::png(4, 4)).unwrap();
+        let known = known_after(&walk(dir.path()));
+        let mut now = walk(dir.path());
+        now.files.clear();
+        now.problems.push(FileProblem {
+            path: p("album"),
+            reason: "cannot read: Permission denied".into(),
+        });
+        let plan = plan_changes(&now, &known);
+        assert_eq!(plan.unavailable, [p("album/a.png")]);
+        assert!(plan.deleted.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn only_files_under_the_walked_roots_are_compared() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        for sub in ["2020", "2021"] {
+            std::fs::create_dir(p(sub)).unwrap();
+        }
+        std::fs::write(p("2020/a.png"), testutil::png(4, 4)).unwrap();
+        std::fs::write(p("2021/b.png"), testutil::png(5, 5)).unwrap();
+        let known = known_after(&walk(dir.path()));
+        // A copy of a file outside the walked root is still a copy.
+        std::fs::write(p("2021/a-copy.png"), testutil::png(4, 4)).unwrap();
+        let plan = plan_changes(&walk(&p("2021")), &known);
+        assert!(
+            plan.deleted.is_empty(),
+            "2020 is not part of this walk: {plan:?}"
+        );
+        assert_eq!(plan.unchanged, 1);
+        assert_eq!(plan.copied.len(), 1);
+        assert_eq!(plan.copied[0].source, p("2020/a.png"));
+        assert!(plan.new.is_empty());
     }
 
     #[test]

@@ -80,6 +80,8 @@ impl std::fmt::Display for FileProblem {
 /// The result of walking the roots.
 #[derive(Debug, Clone, Default)]
 pub struct Walk {
+    /// The roots walked, absolute: the part of the library this walk speaks for.
+    pub roots: Vec<PathBuf>,
     /// Image files, sorted by path.
     pub files: Vec<FoundFile>,
     /// Files and folders that could not be used, sorted by path.
@@ -201,6 +203,7 @@ pub fn walk_library(roots: &[PathBuf], opts: &WalkOptions) -> Result<Walk, WalkE
     }
     walk.files.sort_by(|a, b| a.path.cmp(&b.path));
     walk.problems.sort_by(|a, b| a.path.cmp(&b.path));
+    walk.roots = absolute_roots;
     Ok(walk)
 }
 
