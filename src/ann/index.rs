@@ -304,6 +304,22 @@ impl MultiVectorIndex {
         let want = k
             .saturating_mul(self.params.candidate_factor)
             .min(self.live.len());
+        // The graph must visit several times `want` owners' points; once that approaches the
+        // whole index (small indexes, large k), a plain scan is faster and exact. Measured at
+        // 2 000 images × 32: k = 100 took 86 ms through the graph, 20 ms by scan.
+        let points_per_owner = self.live_points.div_ceil(self.live.len()).max(1);
+        if want.saturating_mul(points_per_owner).saturating_mul(8) >= self.live_points {
+            let slots: Vec<u32> = match allow {
+                Some(allow) => self
+                    .live
+                    .iter()
+                    .filter(|(&o, _)| allow(o))
+                    .map(|(_, &s)| s)
+                    .collect(),
+                None => self.live.values().copied().collect(),
+            };
+            return Ok(self.score_slots(queries, &slots, k));
+        }
         let per_query: Vec<HashSet<u32>> = queries
             .par_chunks_exact(self.dim)
             .map(|q| self.graph_candidates(q, want, allow))
