@@ -32,8 +32,60 @@ impl Distance<u16> for DotF16 {
 }
 
 /// Dot product of two f16 vectors (raw bits), accumulated in f32.
+///
+/// This is the graph's inner loop (every insert and search evaluates it hundreds of times), so
+/// x86-64 CPUs with F16C and FMA (every x86-64 CPU since 2013) get a hand-written kernel:
+/// 8 lanes per step, two accumulators. Others use `half`'s slice conversion.
 pub fn dot_f16_bits(a: &[u16], b: &[u16]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the features the kernel is compiled for were just detected.
+            return unsafe { x86::dot_f16c(a, b) };
+        }
+    }
+    dot_f16_bits_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX, F16C and FMA.
+    #[target_feature(enable = "avx,f16c,fma")]
+    pub(super) unsafe fn dot_f16c(a: &[u16], b: &[u16]) -> f32 {
+        let n = a.len().min(b.len());
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n, so both 8-lane loads at i and i + 8 are in bounds;
+            // loadu has no alignment requirement.
+            unsafe {
+                let a0 = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i));
+                let b0 = _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(i) as *const __m128i));
+                let a1 = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i + 8) as *const __m128i));
+                let b1 = _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(i + 8) as *const __m128i));
+                acc0 = _mm256_fmadd_ps(a0, b0, acc0);
+                acc1 = _mm256_fmadd_ps(a1, b1, acc1);
+            }
+            i += 16;
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds exactly 8 f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0, acc1)) };
+        let mut sum: f32 = lanes.iter().sum();
+        for j in i..n {
+            sum += half::f16::from_bits(a[j]).to_f32() * half::f16::from_bits(b[j]).to_f32();
+        }
+        sum
+    }
+}
+
+/// Portable f16 dot: convert chunks to f32 on the stack, then [`dot_f32`].
+fn dot_f16_bits_portable(a: &[u16], b: &[u16]) -> f32 {
     let mut fa = [0f32; CHUNK];
     let mut fb = [0f32; CHUNK];
     let mut sum = 0f32;
@@ -87,11 +139,15 @@ mod tests {
         let naive: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
         assert!((dot_f32(&a, &b) as f64 - naive).abs() < 1e-4);
         // f16 rounding: relative error 2^-11 per element, |x|,|y| <= 1, 77 terms.
-        let d16 = dot_f16_bits(&to_f16_bits(&a), &to_f16_bits(&b)) as f64;
+        let (ha, hb) = (to_f16_bits(&a), to_f16_bits(&b));
+        let d16 = dot_f16_bits(&ha, &hb) as f64;
         assert!(
             (d16 - naive).abs() < 77.0 * 2.0 * 4.9e-4,
             "{d16} vs {naive}"
         );
+        // The SIMD kernel and the portable path agree up to summation order.
+        let portable = dot_f16_bits_portable(&ha, &hb) as f64;
+        assert!((d16 - portable).abs() < 1e-5, "{d16} vs {portable}");
     }
 
     #[test]

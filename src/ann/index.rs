@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use hnsw_rs::filter::FilterT;
 use hnsw_rs::hnsw::Hnsw;
 use rayon::prelude::*;
 
@@ -85,6 +84,24 @@ impl MultiVectorIndex {
     /// The parameters the index was built with.
     pub fn params(&self) -> &AnnParams {
         &self.params
+    }
+
+    /// Changes the search-time knobs ([`AnnParams::ef_search`], [`AnnParams::candidate_factor`],
+    /// [`AnnParams::exact_filter_owners`]) without rebuilding: more candidates, better recall,
+    /// slower queries. The build-time knobs (`m`, `ef_construction`) are kept.
+    pub fn set_search_params(
+        &mut self,
+        ef_search: usize,
+        candidate_factor: usize,
+        exact_filter_owners: usize,
+    ) -> Result<(), AnnError> {
+        let mut p = self.params;
+        p.ef_search = ef_search;
+        p.candidate_factor = candidate_factor;
+        p.exact_filter_owners = exact_filter_owners;
+        validate_params(self.dim, &p)?;
+        self.params = p;
+        Ok(())
     }
 
     /// Number of live (searchable) owners.
@@ -285,8 +302,24 @@ impl MultiVectorIndex {
             }
         }
         let want = k
-            .saturating_mul(self.params.candidate_factor.max(1))
+            .saturating_mul(self.params.candidate_factor)
             .min(self.live.len());
+        // The graph must visit several times `want` owners' points; once that approaches the
+        // whole index (small indexes, large k), a plain scan is faster and exact. Measured at
+        // 2 000 images × 32: k = 100 took 86 ms through the graph, 20 ms by scan.
+        let points_per_owner = self.live_points.div_ceil(self.live.len()).max(1);
+        if want.saturating_mul(points_per_owner).saturating_mul(8) >= self.live_points {
+            let slots: Vec<u32> = match allow {
+                Some(allow) => self
+                    .live
+                    .iter()
+                    .filter(|(&o, _)| allow(o))
+                    .map(|(_, &s)| s)
+                    .collect(),
+                None => self.live.values().copied().collect(),
+            };
+            return Ok(self.score_slots(queries, &slots, k));
+        }
         let per_query: Vec<HashSet<u32>> = queries
             .par_chunks_exact(self.dim)
             .map(|q| self.graph_candidates(q, want, allow))
@@ -301,6 +334,11 @@ impl MultiVectorIndex {
 
     /// Walks the graph for one query until `want` distinct live (and allowed) owners are found or
     /// every point has been considered.
+    ///
+    /// Tombstones and `allow` are applied to the graph's answer, not inside hnsw_rs: its filtered
+    /// search (0.3.5) never takes the early exit and ends up visiting most of the graph. Here
+    /// tombstones stay below the rebuild threshold, and selective filters take the exact path, so
+    /// doubling `ef` until enough owners survive stays cheap.
     fn graph_candidates(
         &self,
         query: &[f32],
@@ -308,16 +346,18 @@ impl MultiVectorIndex {
         allow: Option<&(dyn Fn(u64) -> bool + Sync)>,
     ) -> HashSet<u32> {
         let bits = to_f16_bits(query);
-        let filter = |id: &usize| {
-            let slot = &self.slots[self.point_slot[*id] as usize];
-            slot.live && allow.is_none_or(|a| a(slot.owner))
-        };
-        let filter: &dyn FilterT = &filter;
         let total = self.point_slot.len();
         let mut ef = self.params.ef_search.max(want).max(1);
         loop {
-            let found = self.graph.search_filter(&bits, ef, ef, Some(filter));
-            let owners: HashSet<u32> = found.iter().map(|n| self.point_slot[n.d_id]).collect();
+            let found = self.graph.search(&bits, ef, ef);
+            let owners: HashSet<u32> = found
+                .iter()
+                .map(|n| self.point_slot[n.d_id])
+                .filter(|&slot| {
+                    let s = &self.slots[slot as usize];
+                    s.live && allow.is_none_or(|a| a(s.owner))
+                })
+                .collect();
             if owners.len() >= want || ef >= total {
                 return owners;
             }
@@ -350,7 +390,7 @@ impl MultiVectorIndex {
     }
 
     fn check_vectors(&self, what: &'static str, owner: u64, v: &[f32]) -> Result<(), AnnError> {
-        if v.is_empty() || v.len() % self.dim != 0 {
+        if v.is_empty() || !v.len().is_multiple_of(self.dim) {
             return Err(AnnError::BadShape {
                 what,
                 len: v.len(),
@@ -372,8 +412,8 @@ pub(super) fn validate_params(dim: usize, p: &AnnParams) -> Result<(), AnnError>
     if !(2..=256).contains(&p.m) {
         return bad(format!("m = {} must be in 2..=256", p.m));
     }
-    if p.ef_construction == 0 || p.ef_search == 0 {
-        return bad("ef_construction and ef_search must be at least 1".into());
+    if p.ef_construction == 0 || p.ef_search == 0 || p.candidate_factor == 0 {
+        return bad("ef_construction, ef_search and candidate_factor must be at least 1".into());
     }
     if !(0.0..=1.0).contains(&p.rebuild_tombstone_fraction) {
         return bad(format!(

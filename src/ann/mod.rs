@@ -68,7 +68,7 @@ impl Default for AnnParams {
         Self {
             m: 16,
             ef_construction: 100,
-            ef_search: 64,
+            ef_search: 128,
             candidate_factor: 3,
             rebuild_tombstone_fraction: 0.2,
             exact_filter_owners: 2_000,

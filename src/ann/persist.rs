@@ -118,17 +118,18 @@ impl MultiVectorIndex {
         let mut files = Vec::new();
         if !self.point_slot.is_empty() {
             // hnsw_rs cannot reload an empty graph; an empty index has no graph files.
-            let base = self
-                .graph
-                .file_dump(&tmp, GRAPH_BASE)
-                .map_err(|e| AnnError::Io {
-                    path: tmp.clone(),
-                    source: std::io::Error::other(format!("hnsw dump failed: {e}")),
-                })?;
+            // hnsw_rs panics (instead of erring) on some I/O failures, e.g. a full disk.
+            let dumped = catch_unwind(AssertUnwindSafe(|| self.graph.file_dump(&tmp, GRAPH_BASE)));
+            let base = match dumped {
+                Ok(Ok(base)) => base,
+                Ok(Err(e)) => format!("hnsw dump failed: {e}"),
+                Err(_) => "hnsw dump panicked (disk full or unwritable?)".to_string(),
+            };
             if base != GRAPH_BASE {
+                let _ = fs::remove_dir_all(&tmp);
                 return Err(AnnError::Io {
                     path: tmp.clone(),
-                    source: std::io::Error::other(format!("hnsw dumped under `{base}`")),
+                    source: std::io::Error::other(format!("writing the graph: {base}")),
                 });
             }
             for ext in ["hnsw.graph", "hnsw.data"] {
@@ -221,6 +222,8 @@ impl MultiVectorIndex {
     /// `Err(AnnError::Corrupt)`: the copy is damaged or of another format — rebuild it from the
     /// store. On success, returns the index and the batch id it was saved with.
     pub fn load(dir: &Path) -> Result<Option<(Self, u64)>, AnnError> {
+        // hnsw_rs has had trouble with relative paths; resolve them first.
+        let dir = &std::path::absolute(dir).map_err(io_err(dir))?;
         let old = sibling(dir, "old")?;
         let src = if dir.join(MANIFEST).exists() {
             dir.to_path_buf()

@@ -57,29 +57,86 @@ fn around(rng: &mut Rng, v: &[f32], spread: f32) -> Vec<f32> {
     out
 }
 
-/// Clustered synthetic owners like BLIP-2 image embeddings: `topics` random centres; each owner
-/// sits near a topic, and each of its `per` vectors near the owner.
+/// Synthetic embeddings shaped like real ones: clustered, and of low intrinsic dimension (real
+/// embeddings lie near a low-dimensional manifold; full-rank isotropic noise is the worst case of
+/// every ANN method and is reported separately by the benchmark). A point is drawn in a
+/// `latent`-dimensional space, mapped by a fixed random `dim × latent` matrix, given a little
+/// full-rank noise (5 % of the norm) and normalised.
+pub(crate) struct Synth {
+    dim: usize,
+    latent: usize,
+    proj: Vec<f32>,
+    /// Topic centres in latent space.
+    pub(crate) centres: Vec<Vec<f32>>,
+    /// Owner centres in latent space.
+    pub(crate) owner_bases: Vec<Vec<f32>>,
+}
+
+impl Synth {
+    pub(crate) fn embed(&self, rng: &mut Rng, z: &[f32]) -> Vec<f32> {
+        let noise = 0.05 / (self.dim as f32).sqrt();
+        let mut v: Vec<f32> = (0..self.dim)
+            .map(|r| {
+                let row = &self.proj[r * self.latent..(r + 1) * self.latent];
+                row.iter().zip(z).map(|(a, b)| a * b).sum::<f32>() + noise * rng.normal()
+            })
+            .collect();
+        normalize(&mut v);
+        v
+    }
+
+    /// A query near topic `t` (a "topic" text) or near owner `o`'s centre (a "specific" text).
+    pub(crate) fn query(&self, rng: &mut Rng, i: usize) -> Vec<f32> {
+        let norm = 1.0 / (self.latent as f32).sqrt();
+        let z = if i.is_multiple_of(2) {
+            around(rng, &self.centres[i % self.centres.len()], 1.5 * norm)
+        } else {
+            let o = (rng.next_u64() % self.owner_bases.len() as u64) as usize;
+            around(rng, &self.owner_bases[o], 1.0 * norm)
+        };
+        self.embed(rng, &z)
+    }
+}
+
+/// `owners` owners of `per` vectors each: `topics` random topic centres; each owner sits near a
+/// topic, and each of its vectors near the owner (all in latent space, see [`Synth`]).
 pub(crate) fn clustered(
     rng: &mut Rng,
     owners: usize,
     per: usize,
     dim: usize,
     topics: usize,
-) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-    let norm = 1.0 / (dim as f32).sqrt();
+) -> (Synth, Vec<Vec<f32>>) {
+    let latent = (dim / 8).clamp(2, 32);
+    let norm = 1.0 / (latent as f32).sqrt();
+    let proj = (0..dim * latent).map(|_| rng.normal() * norm).collect();
     let centres: Vec<Vec<f32>> = (0..topics)
-        .map(|_| around(rng, &vec![0.0; dim], 1.0))
+        .map(|_| around(rng, &vec![0.0; latent], 1.0))
         .collect();
-    let data = (0..owners)
+    let owner_bases: Vec<Vec<f32>> = (0..owners)
         .map(|_| {
             let t = (rng.next_u64() % topics as u64) as usize;
-            let base = around(rng, &centres[t], 1.2 * norm);
+            around(rng, &centres[t], 1.2 * norm)
+        })
+        .collect();
+    let synth = Synth {
+        dim,
+        latent,
+        proj,
+        centres,
+        owner_bases,
+    };
+    let data = (0..owners)
+        .map(|o| {
             (0..per)
-                .flat_map(|_| around(rng, &base, 1.0 * norm))
+                .flat_map(|_| {
+                    let z = around(rng, &synth.owner_bases[o], 1.0 * norm);
+                    synth.embed(rng, &z)
+                })
                 .collect()
         })
         .collect();
-    (centres, data)
+    (synth, data)
 }
 
 /// Naive max-over-pairs scores of every owner, best first (the reference).
@@ -139,27 +196,30 @@ fn recall(got: &[AnnHit], truth: &[AnnHit], all: &[Vec<f32>], q: &[f32], dim: us
 
 #[test]
 fn recall_at_10_against_brute_force() {
-    // 2 000 images × 32 vectors × 256 (64 000 points) on 64 topics; 200 text queries near a
-    // topic or near an image. Required: mean Recall@10 ≥ 0.95 at the default parameters.
+    // 1 000 images × 32 vectors × 256 (32 000 points; `ANN_RECALL_OWNERS` for more) on 64
+    // topics; 200 text queries near a topic or near an image. Required: mean Recall@10 ≥ 0.95
+    // at the default parameters, every returned score exact.
     let mut rng = Rng::new(seed());
     let (dim, k) = (256, 10);
-    let (centres, data) = clustered(&mut rng, 2_000, 32, dim, 64);
+    let owners = std::env::var("ANN_RECALL_OWNERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000);
+    let (synth, data) = clustered(&mut rng, owners, 32, dim, 64);
     let t = std::time::Instant::now();
     let index = build(&data, dim);
-    println!("built 64 000 points in {:.1} s", t.elapsed().as_secs_f64());
-    let norm = 1.0 / (dim as f32).sqrt();
-    let mut total = 0.0;
+    println!(
+        "built {} points in {:.1} s",
+        owners * 32,
+        t.elapsed().as_secs_f64()
+    );
     let n_queries = 200;
-    for i in 0..n_queries {
-        let q = if i % 2 == 0 {
-            around(&mut rng, &centres[i % centres.len()], 1.5 * norm)
-        } else {
-            let owner = (rng.next_u64() % data.len() as u64) as usize;
-            around(&mut rng, &data[owner][..dim], 1.5 * norm)
-        };
-        let got = index.search(&q, k).unwrap();
+    let queries: Vec<Vec<f32>> = (0..n_queries).map(|i| synth.query(&mut rng, i)).collect();
+    let mut total = 0.0;
+    for q in &queries {
+        let got = index.search(q, k).unwrap();
         assert_eq!(got.len(), k);
-        total += recall(&got, &brute_force(&data, &q, dim, k), &data, &q, dim);
+        total += recall(&got, &brute_force(&data, q, dim, k), &data, q, dim);
     }
     let mean = total / n_queries as f64;
     println!("Recall@10 = {mean:.4}");
@@ -172,13 +232,12 @@ fn recall_single_vector_owners_and_search_set() {
     // score = max over all query × owner pairs (image → text).
     let mut rng = Rng::new(seed());
     let (dim, k) = (256, 10);
-    let (centres, texts) = clustered(&mut rng, 3_000, 1, dim, 32);
+    let (synth, texts) = clustered(&mut rng, 3_000, 1, dim, 32);
     let index = build(&texts, dim);
-    let norm = 1.0 / (dim as f32).sqrt();
     let (mut single, mut set) = (0.0, 0.0);
     let n = 50;
     for i in 0..n {
-        let q = around(&mut rng, &centres[i % centres.len()], 1.5 * norm);
+        let q = synth.query(&mut rng, i);
         single += recall(
             &index.search(&q, k).unwrap(),
             &brute_force(&texts, &q, dim, k),
@@ -186,8 +245,13 @@ fn recall_single_vector_owners_and_search_set() {
             &q,
             dim,
         );
+        // An image-like query set: 32 vectors around one latent point.
+        let z = around(&mut rng, &synth.centres[i % synth.centres.len()], 0.3);
         let qs: Vec<f32> = (0..32)
-            .flat_map(|_| around(&mut rng, &q, 1.0 * norm))
+            .flat_map(|_| {
+                let zq = around(&mut rng, &z, 0.2);
+                synth.embed(&mut rng, &zq)
+            })
             .collect();
         let got = index.search_set(&qs, k).unwrap();
         set += recall(&got, &brute_force(&texts, &qs, dim, k), &texts, &qs, dim);
@@ -239,11 +303,14 @@ fn tombstones_hide_owners_and_compact_drops_them() {
     assert_eq!((index.owners(), index.tombstones()), (225, 300));
     // 300 / 1200 = 25 % > 20 %.
     assert!(index.needs_rebuild());
+    // k = 5 goes through the graph (k = 30 is scanned: see `search_impl`); both skip tombstones.
     for q in data.iter().step_by(7) {
         let q = &q[..dim];
-        let hits = index.search(q, 20).unwrap();
-        assert_eq!(hits.len(), 20);
-        assert!(hits.iter().all(|h| !removed.contains(&h.owner)));
+        for k in [5, 30] {
+            let hits = index.search(q, k).unwrap();
+            assert_eq!(hits.len(), k);
+            assert!(hits.iter().all(|h| !removed.contains(&h.owner)));
+        }
     }
     let q = &data[1][..dim];
     let before = index.search_exact(q, 10).unwrap();
@@ -304,8 +371,10 @@ fn filtered_search_returns_only_allowed_owners() {
     let q = &data[3][..dim];
     // Broad filter (more than exact_filter_owners would be needed for the exact path: force the
     // graph path with a low threshold) and a selective one (exact path).
-    let mut params = AnnParams::default();
-    params.exact_filter_owners = 10;
+    let params = AnnParams {
+        exact_filter_owners: 10,
+        ..AnnParams::default()
+    };
     let mut graph_path = MultiVectorIndex::new(dim, params).unwrap();
     graph_path
         .insert_many(
@@ -351,8 +420,10 @@ fn bad_input_is_an_error_and_changes_nothing() {
     assert!(index.search(&[1.0, 0.0], 1).is_err());
     assert!(index.search(&[1.0, 0.0, 0.0, 0.0], 0).unwrap().is_empty());
     assert!(MultiVectorIndex::new(0, AnnParams::default()).is_err());
-    let mut p = AnnParams::default();
-    p.m = 300;
+    let p = AnnParams {
+        m: 300,
+        ..AnnParams::default()
+    };
     assert!(matches!(
         MultiVectorIndex::new(4, p),
         Err(AnnError::BadParams(_))
