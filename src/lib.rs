@@ -20,6 +20,7 @@
 pub mod checkpoint;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod tokenize;
 

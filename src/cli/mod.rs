@@ -4,6 +4,7 @@
 mod caption;
 mod embed_image;
 mod embed_text;
+mod eval;
 mod match_pair;
 mod model_args;
 
@@ -29,6 +30,8 @@ enum Command {
     Match(match_pair::Args),
     /// Caption images (or answer a prompt about them) with a BLIP-2 OPT model.
     Caption(caption::Args),
+    /// Recall@K on a Karpathy test split (COCO 5k, Flickr30K 1k) with LAVIS's protocol.
+    Eval(eval::Args),
 }
 
 /// Runs the command line; errors are printed with their causes and give exit code 1 (bad
@@ -40,6 +43,7 @@ pub fn run() -> ExitCode {
         Command::EmbedText(a) => embed_text::run(a),
         Command::Match(a) => match_pair::run(a),
         Command::Caption(a) => caption::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     match result {
         Ok(code) => code,
@@ -47,7 +51,9 @@ pub fn run() -> ExitCode {
             eprintln!("error: {e:#}");
             let internal = e
                 .downcast_ref::<quarry::Error>()
-                .is_some_and(|e| !e.is_user_error());
+                .is_some_and(|e| !e.is_user_error())
+                || e.downcast_ref::<quarry::eval::EvalError>()
+                    .is_some_and(|e| !e.is_user_error());
             ExitCode::from(if internal { 2 } else { 1 })
         }
     }
