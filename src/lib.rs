@@ -21,6 +21,7 @@ pub mod ann;
 pub mod checkpoint;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod indexing;
 pub mod library;
 pub mod model;

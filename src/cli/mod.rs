@@ -4,6 +4,7 @@
 mod caption;
 mod embed_image;
 mod embed_text;
+mod eval;
 mod index;
 mod match_pair;
 mod model_args;
@@ -41,6 +42,8 @@ enum Command {
     Remove(remove::Args),
     /// Generate captioned synthetic scenes (images + a LAVIS annotation file).
     Synth(synth::Args),
+    /// Recall@K on a Karpathy test split (COCO 5k, Flickr30K 1k) with LAVIS's protocol.
+    Eval(eval::Args),
 }
 
 /// Runs the command line; errors are printed with their causes and give exit code 1 (bad
@@ -56,6 +59,7 @@ pub fn run() -> ExitCode {
         Command::Index(a) => index::run(a),
         Command::Status(a) => status::run(a),
         Command::Remove(a) => remove::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     match result {
         Ok(code) => code,
@@ -63,7 +67,13 @@ pub fn run() -> ExitCode {
             eprintln!("error: {e:#}");
             let internal = e
                 .downcast_ref::<quarry::Error>()
-                .is_some_and(|e| !e.is_user_error());
+                .is_some_and(|e| !e.is_user_error())
+                || e.downcast_ref::<quarry::eval::EvalError>()
+                    .is_some_and(|e| !e.is_user_error())
+                || e.downcast_ref::<quarry::indexing::IndexError>()
+                    .is_some_and(|e| !e.is_user_error())
+                || e.downcast_ref::<quarry::library::LibraryError>()
+                    .is_some_and(|e| !e.is_user_error());
             ExitCode::from(if internal { 2 } else { 1 })
         }
     }

@@ -69,7 +69,11 @@ fn summary(lines: &[serde_json::Value]) -> &serde_json::Value {
 
 fn status(store: &Path) -> serde_json::Value {
     let out = quarry(&["status", "--store", store.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -84,11 +88,17 @@ fn searchable(library: &Library, path: &Path) -> Result<(), String> {
     // Identical content (copies) ties at the top; the record must be among the best.
     let hits = library.image_index().search_set(&vectors, 8).unwrap();
     let best = hits.first().map_or(f32::NAN, |h| h.score);
-    if !hits.iter().any(|h| h.owner == record.id && h.score >= best - 1e-5) {
+    if !hits
+        .iter()
+        .any(|h| h.owner == record.id && h.score >= best - 1e-5)
+    {
         return Err(format!("{}: ANN top hit {hits:?}", path.display()));
     }
     let stem = path.file_stem().unwrap().to_string_lossy();
-    let words = library.words().search(&stem, 5, &[TextKind::Image]).unwrap();
+    let words = library
+        .words()
+        .search(&stem, 5, &[TextKind::Image])
+        .unwrap();
     if !words.iter().any(|h| h.id == record.id) {
         return Err(format!("{}: BM25 misses it: {words:?}", path.display()));
     }
@@ -98,14 +108,26 @@ fn searchable(library: &Library, path: &Path) -> Result<(), String> {
 /// sled, HNSW and tantivy hold the same images.
 fn assert_counts_agree(library: &Library) {
     let counts = library.counts().unwrap();
-    assert_eq!(library.image_index().owners() as u64, counts.images, "HNSW vs sled");
+    assert_eq!(
+        library.image_index().owners() as u64,
+        counts.images,
+        "HNSW vs sled"
+    );
     let user_texts = library
         .store()
         .texts()
         .filter(|t| t.as_ref().unwrap().source == quarry::store::TextSource::User)
         .count() as u64;
-    assert_eq!(library.words().num_docs(), counts.images + user_texts, "tantivy vs sled");
-    assert_eq!(library.text_index().owners() as u64, counts.texts, "text HNSW vs sled");
+    assert_eq!(
+        library.words().num_docs(),
+        counts.images + user_texts,
+        "tantivy vs sled"
+    );
+    assert_eq!(
+        library.text_index().owners() as u64,
+        counts.texts,
+        "text HNSW vs sled"
+    );
     let problems = library.store().check_consistency().unwrap();
     assert!(problems.is_empty(), "store inconsistent: {problems:?}");
 }
@@ -120,12 +142,18 @@ fn second_run_does_no_model_work_moves_reembed_nothing_and_deletions_leave_searc
     let (lines, _) = index_json(&[&photos], &store, &["--batch", "5"]);
     assert_eq!(summary(&lines)["indexed"], 12);
     let s = status(&store);
-    assert_eq!((s["images"].as_u64(), s["vectors"].as_u64()), (Some(12), Some(12)));
+    assert_eq!(
+        (s["images"].as_u64(), s["vectors"].as_u64()),
+        (Some(12), Some(12))
+    );
     assert!(s["feature_cache_bytes"].as_u64().unwrap() > 0);
 
     let (lines, _) = index_json(&[&photos], &store, &[]);
     let again = summary(&lines);
-    assert_eq!(again["indexed"], 0, "unchanged library re-embedded: {again}");
+    assert_eq!(
+        again["indexed"], 0,
+        "unchanged library re-embedded: {again}"
+    );
     assert_eq!(again["plan"]["unchanged"], 12);
     assert_eq!(again["model_busy_seconds"], 0.0);
 
@@ -138,7 +166,10 @@ fn second_run_does_no_model_work_moves_reembed_nothing_and_deletions_leave_searc
     assert_eq!(after_move["plan"]["moved"], 12, "{after_move}");
 
     // Delete two files: they leave the store and search.
-    let gone = [moved.join("images/000003.png"), moved.join("images/000007.png")];
+    let gone = [
+        moved.join("images/000003.png"),
+        moved.join("images/000007.png"),
+    ];
     for g in &gone {
         std::fs::remove_file(g).unwrap();
     }
@@ -154,8 +185,15 @@ fn second_run_does_no_model_work_moves_reembed_nothing_and_deletions_leave_searc
     for g in &gone {
         assert!(library.store().image_by_path(g).unwrap().is_none());
         let stem = g.file_stem().unwrap().to_string_lossy();
-        let hits = library.words().search(&stem, 5, &[TextKind::Image]).unwrap();
-        assert!(hits.is_empty(), "deleted {} still found: {hits:?}", g.display());
+        let hits = library
+            .words()
+            .search(&stem, 5, &[TextKind::Image])
+            .unwrap();
+        assert!(
+            hits.is_empty(),
+            "deleted {} still found: {hits:?}",
+            g.display()
+        );
     }
     drop(library);
 
@@ -167,7 +205,11 @@ fn second_run_does_no_model_work_moves_reembed_nothing_and_deletions_leave_searc
         store.to_str().unwrap(),
         victim.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(status(&store)["images"], 9);
 }
 
@@ -178,7 +220,11 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
         for &b in bytes {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -210,7 +256,8 @@ fn bad_files_are_reported_by_path_the_rest_indexed_and_a_rerun_retries_only_them
     bad.push(put("text.jpg", b"just some notes, not a photo"));
     bad.push(put("bomb.png", &png_claiming(30_000, 30_000)));
     let jpeg = {
-        let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 4, 90]));
+        let img =
+            image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 4, 90]));
         let mut out = std::io::Cursor::new(Vec::new());
         img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
         out.into_inner()
@@ -229,11 +276,16 @@ fn bad_files_are_reported_by_path_the_rest_indexed_and_a_rerun_retries_only_them
     ];
     std::os::unix::fs::symlink(&photos, photos.join("loop")).unwrap();
     let unreadable = put("locked.png", &good);
-    std::fs::set_permissions(&unreadable, std::os::unix::fs::PermissionsExt::from_mode(0o000))
-        .unwrap();
+    std::fs::set_permissions(
+        &unreadable,
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .unwrap();
     let root_reads_anyway = std::fs::read(&unreadable).is_ok();
     if root_reads_anyway {
-        eprintln!("running as root: chmod 000 does not stop reading, so locked.png is a good file here");
+        eprintln!(
+            "running as root: chmod 000 does not stop reading, so locked.png is a good file here"
+        );
     } else {
         bad.push(unreadable.clone());
     }
@@ -250,7 +302,11 @@ fn bad_files_are_reported_by_path_the_rest_indexed_and_a_rerun_retries_only_them
         })
         .collect();
     for b in &bad {
-        assert!(failed.contains(b), "{} not reported; failed: {failed:?}", b.display());
+        assert!(
+            failed.contains(b),
+            "{} not reported; failed: {failed:?}",
+            b.display()
+        );
     }
     assert!(
         failed.iter().any(|p| p.ends_with("loop")),
@@ -266,7 +322,11 @@ fn bad_files_are_reported_by_path_the_rest_indexed_and_a_rerun_retries_only_them
     let (lines, _) = index_json(&[&photos], &store, &[]);
     let rerun = summary(&lines);
     assert_eq!(rerun["indexed"], 0, "{rerun}");
-    assert_eq!(rerun["plan"]["unchanged"].as_u64().unwrap(), good_files, "{rerun}");
+    assert_eq!(
+        rerun["plan"]["unchanged"].as_u64().unwrap(),
+        good_files,
+        "{rerun}"
+    );
     let library = Library::open_existing(&store).unwrap();
     for p in &odd {
         searchable(&library, p).unwrap();
@@ -302,7 +362,9 @@ fn a_store_in_use_or_made_by_another_model_is_refused_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use"), "{err}");
     drop(held);
-    assert!(quarry(&["status", "--store", store.to_str().unwrap()]).status.success());
+    assert!(quarry(&["status", "--store", store.to_str().unwrap()])
+        .status
+        .success());
 }
 
 #[test]
@@ -339,9 +401,18 @@ fn captions_are_stored_searchable_by_word_and_embedded_for_image_to_text() {
         assert_eq!(text.text, caption);
         let norm: f32 = text.embedding.iter().map(|v| v * v).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "caption embedding norm {norm}");
-        if let Some(word) = caption.split_whitespace().find(|w| w.chars().all(char::is_alphanumeric)) {
-            let hits = library.words().search(word, 10, &[TextKind::Image]).unwrap();
-            assert!(hits.iter().any(|h| h.id == record.id), "{word:?} misses {caption:?}");
+        if let Some(word) = caption
+            .split_whitespace()
+            .find(|w| w.chars().all(char::is_alphanumeric))
+        {
+            let hits = library
+                .words()
+                .search(word, 10, &[TextKind::Image])
+                .unwrap();
+            assert!(
+                hits.iter().any(|h| h.id == record.id),
+                "{word:?} misses {caption:?}"
+            );
         }
     }
 }

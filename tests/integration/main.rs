@@ -2,6 +2,7 @@
 
 mod captioning;
 mod cli;
+mod eval;
 mod folder_errors;
 mod indexing;
 mod parity;
