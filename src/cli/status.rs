@@ -36,11 +36,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     println!("  captions         {}", counts.captions);
     println!("  texts            {}", counts.texts);
     println!("  failed           {}", counts.failed);
-    let per_image = if counts.images > 0 {
-        counts.feature_cache_bytes / counts.images
-    } else {
-        0
-    };
+    let per_image = counts
+        .feature_cache_bytes
+        .checked_div(counts.images)
+        .unwrap_or(0);
     println!(
         "  feature cache    {} bytes ({} per image, {})",
         counts.feature_cache_bytes,

@@ -173,15 +173,16 @@ impl IndexModels {
             caption_model.map(|c| &c.model),
             self.shared_trunk,
         );
-        let encoded = if self.shared_trunk || caption_model.is_none() {
-            encoders.encode(&batch)?
-        } else {
-            // Different trunks: each model runs its own ViT, on its own preprocessing.
-            let mut encoded = ImageEncoders::new(&self.retriever, None, false).encode(&batch)?;
-            let c = caption_model.expect("checked above");
-            let caption_pixels = self.caption_pixels(c, &batch, paths)?;
-            encoded.captioning = Some(c.model.vision().forward(&caption_pixels)?);
-            encoded
+        let encoded = match caption_model {
+            Some(c) if !self.shared_trunk => {
+                // Different trunks: each model runs its own ViT, on its own preprocessing.
+                let mut encoded =
+                    ImageEncoders::new(&self.retriever, None, false).encode(&batch)?;
+                let caption_pixels = self.caption_pixels(c, &batch, paths)?;
+                encoded.captioning = Some(c.model.vision().forward(&caption_pixels)?);
+                encoded
+            }
+            _ => encoders.encode(&batch)?,
         };
         let vectors = self.retriever.image_embeddings(&encoded.retrieval)?;
         let (_, q, d) = vectors.dims3()?;

@@ -47,7 +47,7 @@ impl SplitMix64 {
     /// Uniform index below `n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
         // Multiply-shift: unbiased enough for n far below 2^32, which is all this module uses.
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 
     /// One element of a non-empty slice.
