@@ -282,13 +282,17 @@ pub fn index_paths(
         }
     }
     for problem in walk.problems.iter().chain(&plan.problems) {
-        write.failures.push(NewFailure {
-            path: problem.path.clone(),
-            reason: problem.reason.clone(),
-            size: 0,
-            modified_ns: 0,
-            content_hash: None,
-        });
+        // An indexed file that cannot be examined now (unreadable for a moment, or damaged)
+        // keeps its record: the plan leaves it alone, and the next run looks again.
+        if !image_of.contains_key(&problem.path) {
+            write.failures.push(NewFailure {
+                path: problem.path.clone(),
+                reason: problem.reason.clone(),
+                size: 0,
+                modified_ns: 0,
+                content_hash: None,
+            });
+        }
         failed_files.push(FailedFile {
             path: problem.path.clone(),
             reason: problem.reason.clone(),

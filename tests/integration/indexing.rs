@@ -333,6 +333,18 @@ fn bad_files_are_reported_by_path_the_rest_indexed_and_a_rerun_retries_only_them
     }
     assert_counts_agree(&library);
     assert!(library.counts().unwrap().failed >= bad.len() as u64);
+    drop(library);
+
+    // An indexed photo overwritten with text is reported, and the run still completes.
+    let damaged = photos.join("images/000002.png");
+    std::fs::write(&damaged, b"oops, not a picture any more").unwrap();
+    let (lines, _) = index_json(&[&photos], &store, &[]);
+    let reported = lines
+        .iter()
+        .filter(|l| l["event"] == "batch")
+        .flat_map(|l| l["failed"].as_array().unwrap().clone())
+        .any(|f| f["path"].as_str() == damaged.to_str());
+    assert!(reported, "the damaged file is not reported: {lines:?}");
 }
 
 #[test]
