@@ -91,12 +91,14 @@ pub struct PlanSummary {
     pub deleted: u64,
     /// Files that could not be used.
     pub problems: u64,
+    /// Indexed images captioned now (a captioner was added to the store).
+    pub recaption: u64,
 }
 
 impl PlanSummary {
     /// Files that need the model.
     pub fn to_embed(&self) -> u64 {
-        self.new + self.modified + self.retry
+        self.new + self.modified + self.retry + self.recaption
     }
 }
 
@@ -327,7 +329,15 @@ pub fn index_paths(
         on_event,
     )?;
 
-    // 2. Model work.
+    // 2. Model work: new, modified and retried files, and, when a captioner was added to a
+    // store indexed without one, the unchanged images that still lack a caption (re-indexed
+    // whole: the new record replaces the old one in the same commit).
+    let recaption = if models.caption.is_some() {
+        uncaptioned(library, &walk.files, &plan)?
+    } else {
+        Vec::new()
+    };
+    summary.plan.recaption = recaption.len() as u64;
     let work: Vec<(Work, PathBuf)> = plan
         .new
         .iter()
@@ -337,6 +347,7 @@ pub fn index_paths(
             old_image: image_of.get(&m.file.file.path).copied(),
         }))
         .chain(plan.retry.iter().map(|f| Work::Retry(f.clone())))
+        .chain(recaption)
         .map(|w| {
             let path = w.file().file.path.clone();
             (w, path)
@@ -431,6 +442,42 @@ pub fn index_paths(
     Ok(summary)
 }
 
+/// Unchanged indexed images under the walk with no caption, as work that replaces them.
+fn uncaptioned(
+    library: &mut impl IndexTarget,
+    files: &[FoundFile],
+    plan: &ChangePlan,
+) -> Result<Vec<Work>, LibraryError> {
+    let changing: std::collections::HashSet<&Path> = plan
+        .modified
+        .iter()
+        .map(|m| m.file.file.path.as_path())
+        .chain(plan.touched.iter().map(|t| t.file.path.as_path()))
+        .chain(plan.moved.iter().map(|m| m.to.file.path.as_path()))
+        .chain(plan.copied.iter().map(|c| c.to.file.path.as_path()))
+        .collect();
+    library.read(|l| {
+        let mut work = Vec::new();
+        for file in files {
+            if changing.contains(file.path.as_path()) {
+                continue;
+            }
+            if let Some(record) = l.store().image_by_path(&file.path)? {
+                if record.caption.is_none() {
+                    work.push(Work::Modified {
+                        file: HashedFile {
+                            file: file.clone(),
+                            content_hash: ContentHash(record.content_hash),
+                        },
+                        old_image: Some(record.id),
+                    });
+                }
+            }
+        }
+        Ok(work)
+    })
+}
+
 fn summarize(found: &usize, plan: &ChangePlan, walk_problems: usize) -> PlanSummary {
     PlanSummary {
         found: *found as u64,
@@ -443,6 +490,7 @@ fn summarize(found: &usize, plan: &ChangePlan, walk_problems: usize) -> PlanSumm
         touched: plan.touched.len() as u64,
         deleted: plan.deleted.len() as u64,
         problems: (walk_problems + plan.problems.len()) as u64,
+        recaption: 0,
     }
 }
 

@@ -400,6 +400,27 @@ fn captions_are_stored_searchable_by_word_and_embedded_for_image_to_text() {
         ],
     );
     assert_eq!(summary(&lines)["store"]["captions"], 3);
+
+    // A captioner added to a store indexed without one captions the images already there.
+    let later = tmp.path().join("later");
+    scenes(&later, 2, 3);
+    let store_later = tmp.path().join("store_later");
+    index_json(&[&later], &store_later, &[]);
+    assert_eq!(status(&store_later)["captions"], 0);
+    let (lines, _) = index_json(
+        &[&later],
+        &store_later,
+        &[
+            "--caption-model",
+            captioner.to_str().unwrap(),
+            "--caption-max-tokens",
+            "4",
+        ],
+    );
+    assert_eq!(summary(&lines)["plan"]["recaption"], 2);
+    assert_eq!(summary(&lines)["store"]["captions"], 2);
+    assert_eq!(summary(&lines)["store"]["images"], 2);
+
     let library = Library::open_existing(&store).unwrap();
     assert_counts_agree(&library);
     for record in library.store().images() {
