@@ -24,6 +24,8 @@ pub mod error;
 pub mod indexing;
 pub mod library;
 pub mod model;
+pub mod search;
+pub mod server;
 pub mod store;
 pub mod synth;
 pub mod text;

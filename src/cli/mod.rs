@@ -8,6 +8,7 @@ mod index;
 mod match_pair;
 mod model_args;
 mod remove;
+mod serve;
 mod status;
 mod synth;
 
@@ -39,6 +40,8 @@ enum Command {
     Status(status::Args),
     /// Remove files or folders from a store.
     Remove(remove::Args),
+    /// Serve the search API and web page over a store.
+    Serve(serve::Args),
     /// Generate captioned synthetic scenes (images + a LAVIS annotation file).
     Synth(synth::Args),
 }
@@ -56,6 +59,7 @@ pub fn run() -> ExitCode {
         Command::Index(a) => index::run(a),
         Command::Status(a) => status::run(a),
         Command::Remove(a) => remove::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(code) => code,

@@ -4,4 +4,5 @@ mod captioning;
 mod cli;
 mod folder_errors;
 mod parity;
+mod serve;
 mod support;
