@@ -468,7 +468,7 @@ fn load_mixed_queries_keep_health_fast() {
                         1 => request(
                             &addr,
                             "GET",
-                            &format!("/api/v1/images/{}/similar?k=8", 1 + i % 64),
+                            &format!("/api/v1/images/{}/similar?k=8", i % 64),
                             &[],
                             &[],
                         ),
