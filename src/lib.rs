@@ -25,6 +25,8 @@ pub mod eval;
 pub mod indexing;
 pub mod library;
 pub mod model;
+pub mod search;
+pub mod server;
 pub mod store;
 pub mod synth;
 pub mod text;

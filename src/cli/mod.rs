@@ -9,6 +9,7 @@ mod index;
 mod match_pair;
 mod model_args;
 mod remove;
+mod serve;
 mod status;
 mod synth;
 
@@ -40,6 +41,8 @@ enum Command {
     Status(status::Args),
     /// Remove files or folders from a store.
     Remove(remove::Args),
+    /// Serve the search API and web page over a store.
+    Serve(serve::Args),
     /// Generate captioned synthetic scenes (images + a LAVIS annotation file).
     Synth(synth::Args),
     /// Recall@K on a Karpathy test split (COCO 5k, Flickr30K 1k) with LAVIS's protocol.
@@ -60,6 +63,8 @@ pub fn run() -> ExitCode {
         Command::Status(a) => status::run(a),
         Command::Remove(a) => remove::run(a),
         Command::Eval(a) => eval::run(a),
+
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(code) => code,

@@ -6,4 +6,5 @@ mod eval;
 mod folder_errors;
 mod indexing;
 mod parity;
+mod serve;
 mod support;

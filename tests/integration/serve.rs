@@ -1,0 +1,541 @@
+//! `quarry serve` over real HTTP: a store built with `quarry synth` + `quarry index` and the
+//! small fixture model, every route and error path through a socket, graceful shutdown, and
+//! (ignored by default, run on demand) the load test.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::retrieval_fixtures;
+
+const TOKEN: &str = "test-token-1";
+const BOUNDARY: &str = "quarryboundaryXyZ";
+
+fn quarry(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "quarry {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A store of `n` synthetic scenes indexed with the small model; returns (store, images dir).
+fn build_store(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+    let scenes = dir.join("scenes");
+    let store = dir.join("store");
+    let model = retrieval_fixtures().join("small_a");
+    quarry(&[
+        "synth",
+        "--out",
+        scenes.to_str().unwrap(),
+        "--n",
+        &n.to_string(),
+        "--size",
+        "64",
+    ]);
+    quarry(&[
+        "index",
+        scenes.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--feature-cache",
+        "on",
+        "--json",
+    ]);
+    (store, scenes.join("images"))
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(store: &Path, extra: &[&str]) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let model = retrieval_fixtures().join("small_a");
+        let child = Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .args([
+                "serve",
+                "--store",
+                store.to_str().unwrap(),
+                "--model",
+                model.to_str().unwrap(),
+                "--bind",
+                &addr,
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let server = Server { child, addr };
+        let started = Instant::now();
+        loop {
+            if let Ok((200, _, _)) = server.try_request("GET", "/api/v1/health", &[], &[]) {
+                return server;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "server did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, String, Vec<u8>)> {
+        request(&self.addr, method, path, headers, body)
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Value) {
+        let (status, _, body) = self.try_request(method, path, headers, body).unwrap();
+        let v = serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path}: {status} not JSON ({e}): {}",
+                String::from_utf8_lossy(&body)
+            )
+        });
+        (status, v)
+    }
+
+    /// SIGTERM, then the exit status and stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status, err)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, head, body).
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    // The server may answer (413) before reading a large body; a broken pipe is then fine.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Ok((status, head, body))
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = raw.windows(2).position(|w| w == b"\r\n") {
+        let len =
+            usize::from_str_radix(std::str::from_utf8(&raw[..end]).unwrap().trim(), 16).unwrap();
+        if len == 0 {
+            break;
+        }
+        out.extend_from_slice(&raw[end + 2..end + 2 + len]);
+        raw = &raw[end + 4 + len..];
+    }
+    out
+}
+
+fn multipart(field: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut body = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"q.png\"\r\nContent-Type: image/png\r\n\r\n").into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+const MULTIPART: (&str, &str) = (
+    "Content-Type",
+    "multipart/form-data; boundary=quarryboundaryXyZ",
+);
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+#[test]
+fn serve_over_http_every_route_and_error_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, images) = build_store(dir.path(), 8);
+    let server = Server::start(&store, &["--token", TOKEN, "--max-upload-mib", "1"]);
+
+    let (s, b) = server.call("GET", "/api/v1/health", &[], &[]);
+    assert_eq!((s, b["images"].as_u64()), (200, Some(8)));
+    let (s, b) = server.call("GET", "/api/v1/stats", &[], &[]);
+    assert_eq!(
+        (
+            s,
+            b["images"].as_u64(),
+            b["limits"]["max_upload_bytes"].as_u64()
+        ),
+        (200, Some(8), Some(1 << 20))
+    );
+    let (s, b) = server.call("GET", "/api/v1/search?q=circle&k=3", &[], &[]);
+    assert_eq!(s, 200, "{b}");
+    let hits = b["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 3);
+    assert!(hits
+        .iter()
+        .all(|h| h["id"].is_u64() && h["path"].is_string() && h["scores"]["itc"].is_number()));
+    let (s, b) = server.call(
+        "POST",
+        "/api/v1/search",
+        &[JSON],
+        br#"{"q": "a red square", "k": 2}"#,
+    );
+    assert_eq!((s, b["hits"].as_array().map(Vec::len)), (200, Some(2)));
+    let id = hits[0]["id"].as_u64().unwrap();
+    for route in ["", "/thumbnail", "/file", "/similar?k=2"] {
+        let (s, _, body) = server
+            .try_request("GET", &format!("/api/v1/images/{id}{route}"), &[], &[])
+            .unwrap();
+        assert_eq!(s, 200, "/images/{id}{route}");
+        assert!(!body.is_empty());
+    }
+    // Indexed without a captioner, the store has no texts yet: add one for image → text.
+    let (s, b) = server.call(
+        "POST",
+        "/api/v1/texts",
+        &[JSON, ("Authorization", &format!("Bearer {TOKEN}"))],
+        br#"{"texts": ["two green triangles"]}"#,
+    );
+    assert_eq!(s, 201, "{b}");
+    let png = std::fs::read(images.join("000000.png")).unwrap();
+    for route in ["/api/v1/image-to-text?k=3", "/api/v1/image-to-image?k=3"] {
+        let (s, b) = server.call("POST", route, &[MULTIPART], &multipart("image", &png));
+        assert_eq!(s, 200, "{route}: {b}");
+        assert!(!b["hits"].as_array().unwrap().is_empty(), "{route}");
+    }
+    let (s, b) = server.call("GET", "/api/v1/index", &[], &[]);
+    assert_eq!((s, b["state"].as_str()), (200, Some("idle")));
+    let (s, b) = server.call("GET", "/api/v1/openapi.json", &[], &[]);
+    assert_eq!((s, b["openapi"].as_str()), (200, Some("3.1.0")));
+    let (s, head, _) = server.try_request("GET", "/", &[], &[]).unwrap();
+    assert_eq!(s, 200);
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("content-security-policy"));
+
+    // Every error path: a 4xx JSON error, never a 5xx, and the server keeps serving.
+    let big = multipart("image", &vec![7u8; (1 << 20) + 10]);
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        (
+            "GET",
+            "/api/v1/images/../../../etc/passwd",
+            vec![],
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/api/v1/images/%2e%2e%2f%2e%2e%2fetc%2fpasswd/file",
+            vec![],
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/assets/%2e%2e/%2e%2e/Cargo.toml",
+            vec![],
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/api/v1/image-to-text",
+            vec![MULTIPART],
+            big,
+            413,
+            "payload_too_large",
+        ),
+        (
+            "POST",
+            "/api/v1/image-to-image",
+            vec![MULTIPART],
+            b"--quarryboundaryXyZ\r\nbroken".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/v1/search",
+            vec![JSON],
+            b"{\"q\": \"red".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/v1/texts",
+            vec![JSON, ("Authorization", "Bearer test-token-1")],
+            b"{texts: 1}".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "GET",
+            "/api/v1/search?q=red&k=1000000000",
+            vec![],
+            vec![],
+            400,
+            "k_out_of_range",
+        ),
+        (
+            "GET",
+            "/api/v1/search?q=%20%20&k=3",
+            vec![],
+            vec![],
+            400,
+            "empty_query",
+        ),
+        (
+            "GET",
+            "/api/v1/images/424242",
+            vec![],
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/api/v1/images/424242/similar",
+            vec![],
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/api/v1/index",
+            vec![JSON],
+            br#"{"paths": ["/tmp"]}"#.to_vec(),
+            401,
+            "unauthorized",
+        ),
+    ];
+    for (method, path, headers, body, want, code) in cases {
+        let (s, b) = server.call(method, path, &headers, &body);
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (want, Some(code)),
+            "{method} {path}: {b}"
+        );
+        let (s, _) = server.call("GET", "/api/v1/health", &[], &[]);
+        assert_eq!(s, 200, "still serving after {method} {path}");
+    }
+
+    // Graceful shutdown: exits 0 after checkpointing.
+    let (status, stderr) = server.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("checkpointed"), "{stderr}");
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The load test: `QUARRY_LOAD_CLIENTS` (32) clients for `QUARRY_LOAD_SECONDS` (20) of mixed
+/// queries (GET and POST text search with ITM, similar images, image → text uploads) on the
+/// small model, while a probe times `/api/v1/health` every 50 ms. Asserts no failed request
+/// and every health answer under 50 ms; prints p50/p95/p99 and throughput.
+/// `cargo test --release --test integration serve::load -- --ignored --nocapture`
+#[test]
+#[ignore = "load test: 20 s of load, run on demand"]
+fn load_mixed_queries_keep_health_fast() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let clients = env("QUARRY_LOAD_CLIENTS", 32) as usize;
+    let seconds = env("QUARRY_LOAD_SECONDS", 20);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, images) = build_store(dir.path(), 64);
+    let server = Server::start(&store, &["--busy-wait", "30", "--workers", "2"]);
+    let addr = server.addr.clone();
+    let png = std::sync::Arc::new(std::fs::read(images.join("000003.png")).unwrap());
+    let words = [
+        "red circle",
+        "a small blue square",
+        "green triangle on a white background",
+        "two yellow stars",
+        "a large purple shape in the top left",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut times = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let (s, _, _) = request(&addr, "GET", "/api/v1/health", &[], &[]).unwrap();
+                assert_eq!(s, 200);
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            times
+        })
+    };
+    let workers: Vec<_> = (0..clients)
+        .map(|c| {
+            let (addr, png) = (addr.clone(), png.clone());
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut failures = Vec::new();
+                let mut i = c;
+                while Instant::now() < deadline {
+                    let q = words[i % words.len()].replace(' ', "%20");
+                    let t = Instant::now();
+                    let result = match i % 10 {
+                        0 => request(
+                            &addr,
+                            "POST",
+                            "/api/v1/image-to-text?k=5",
+                            &[MULTIPART],
+                            &multipart("image", &png),
+                        ),
+                        1 => request(
+                            &addr,
+                            "GET",
+                            &format!("/api/v1/images/{}/similar?k=8", i % 64),
+                            &[],
+                            &[],
+                        ),
+                        2 => request(
+                            &addr,
+                            "POST",
+                            "/api/v1/search",
+                            &[JSON],
+                            format!("{{\"q\": \"{}\", \"k\": 12}}", words[i % words.len()])
+                                .as_bytes(),
+                        ),
+                        3 => request(
+                            &addr,
+                            "GET",
+                            &format!("/api/v1/search?q={q}&k=24&rerank=0"),
+                            &[],
+                            &[],
+                        ),
+                        _ => request(
+                            &addr,
+                            "GET",
+                            &format!("/api/v1/search?q={q}&k=24"),
+                            &[],
+                            &[],
+                        ),
+                    };
+                    match result {
+                        Ok((200, _, _)) => lat.push(t.elapsed().as_secs_f64() * 1000.0),
+                        Ok((s, _, b)) => {
+                            failures.push(format!("{s}: {}", String::from_utf8_lossy(&b)))
+                        }
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                    i += clients;
+                }
+                (lat, failures)
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut lat = Vec::new();
+    let mut failures = Vec::new();
+    for w in workers {
+        let (l, f) = w.join().unwrap();
+        lat.extend(l);
+        failures.extend(f);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut health = probe.join().unwrap();
+    lat.sort_by(f64::total_cmp);
+    health.sort_by(f64::total_cmp);
+    println!(
+        "load: {clients} clients, {wall:.1} s, {} requests ({:.1}/s), {} failed; latency ms p50 {:.1} p95 {:.1} p99 {:.1} max {:.1}; health ms p50 {:.2} p99 {:.2} max {:.2} ({} probes)",
+        lat.len(), lat.len() as f64 / wall, failures.len(),
+        percentile(&lat, 0.5), percentile(&lat, 0.95), percentile(&lat, 0.99), lat[lat.len() - 1],
+        percentile(&health, 0.5), percentile(&health, 0.99), health[health.len() - 1], health.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {}",
+        failures.len(),
+        failures[0]
+    );
+    assert!(
+        health[health.len() - 1] < 50.0,
+        "health took {:.1} ms",
+        health[health.len() - 1]
+    );
+}
