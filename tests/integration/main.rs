@@ -8,3 +8,4 @@ mod indexing;
 mod parity;
 mod serve;
 mod support;
+mod web;
