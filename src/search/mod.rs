@@ -18,6 +18,9 @@
 //! top entries are taken, so a narrow filter still fills `k`. `min_match` drops every hit
 //! whose ITM probability is below it, including the hits that were not re-ranked.
 
+// SearchError carries the library and model errors by value; searches return once per request, so the size costs nothing measurable and boxing would only obscure matching.
+#![allow(clippy::result_large_err)]
+
 mod fusion;
 #[cfg(test)]
 pub(crate) mod test_store;

@@ -284,7 +284,15 @@ fn serve_over_http_every_route_and_error_path() {
 
     // Every error path: a 4xx JSON error, never a 5xx, and the server keeps serving.
     let big = multipart("image", &vec![7u8; (1 << 20) + 10]);
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Vec<u8>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/api/v1/images/../../../etc/passwd",
