@@ -62,7 +62,11 @@ fn search_slider_detail_and_image_drop_work_in_chromium() {
         .args(["--caption-max-tokens", "6"])
         .output()
         .unwrap();
-    assert!(index.status.success(), "{}", String::from_utf8_lossy(&index.stderr));
+    assert!(
+        index.status.success(),
+        "{}",
+        String::from_utf8_lossy(&index.stderr)
+    );
 
     let run = Command::new("bash")
         .arg(repo().join("web/tests/run.sh"))
