@@ -125,15 +125,21 @@ impl RetrievalFolder {
         self.tensors.vision_trunk_fingerprint()
     }
 
-    /// Fingerprint of everything that decides this model's embeddings: every weight, the
-    /// preprocessing and the tokenizer's vocabulary. A store records it, so vectors from two
-    /// different models are never mixed. Reads every weight once (about 1 s per 5 GB from the
-    /// page cache).
-    pub fn fingerprint(&self) -> Result<String> {
+    /// Fingerprint of everything that decides this model's embeddings: every weight,
+    /// `config.json`, the preprocessing and the tokenizer file. A store records it so that
+    /// vectors from two models are never mixed, and `quarry eval` keys its cache with it.
+    /// Reads every weight once (about 1 s per 5 GB from the page cache).
+    pub fn fingerprint(&self) -> Result<u128> {
+        let config = read_text(&self.folder, "config.json")?.into_bytes();
         let preprocess = format!("{:?}", self.preprocess);
-        let vocab = self.tokenizer.vocab_size().to_le_bytes();
+        let tokenizer = ["tokenizer.json", "vocab.txt"]
+            .iter()
+            .find(|name| self.folder.join(name).is_file())
+            .map(|name| read_text(&self.folder, name).map(String::into_bytes))
+            .transpose()?
+            .unwrap_or_default();
         self.tensors
-            .weights_fingerprint(&[preprocess.as_bytes(), &vocab])
+            .weights_fingerprint(&[&config, preprocess.as_bytes(), &tokenizer])
     }
 }
 
@@ -250,10 +256,13 @@ impl CaptionFolder {
     }
 
     /// Fingerprint of everything that decides this model's captions given the generation
-    /// settings: every weight and the preprocessing (see [`RetrievalFolder::fingerprint`]).
-    pub fn fingerprint(&self) -> Result<String> {
+    /// settings: every weight, `config.json` and the preprocessing (see
+    /// [`RetrievalFolder::fingerprint`]).
+    pub fn fingerprint(&self) -> Result<u128> {
+        let config = read_text(&self.folder, "config.json")?.into_bytes();
         let preprocess = format!("{:?}", self.preprocess);
-        self.tensors.weights_fingerprint(&[preprocess.as_bytes()])
+        self.tensors
+            .weights_fingerprint(&[&config, preprocess.as_bytes()])
     }
 }
 
@@ -535,14 +544,14 @@ impl TensorFiles {
     }
 
     /// A 128-bit fingerprint of every tensor plus `extra` (configuration that changes outputs).
-    fn weights_fingerprint(&self, extra: &[&[u8]]) -> Result<String> {
+    fn weights_fingerprint(&self, extra: &[&[u8]]) -> Result<u128> {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         for part in extra {
             hasher.update(&(part.len() as u64).to_le_bytes());
             hasher.update(part);
         }
         self.hash_tensors(&mut hasher, |_| true)?;
-        Ok(format!("{:032x}", hasher.digest128()))
+        Ok(hasher.digest128())
     }
 
     fn open(folder: &Path) -> Result<Self> {

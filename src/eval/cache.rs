@@ -355,42 +355,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
     })
 }
 
-/// Fingerprint of a model folder's content: xxh3 over `config.json`,
-/// `preprocessor_config.json`, the tokenizer files and every `*.safetensors` file (name and
-/// bytes, in name order). Any change to the weights or settings gives a new cache folder.
-pub fn model_fingerprint(folder: &Path) -> Result<u64, EvalError> {
-    let io = |e| cache_io(folder, e);
-    let mut names: Vec<String> = std::fs::read_dir(folder)
-        .map_err(io)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            n.ends_with(".safetensors")
-                || n == "model.safetensors.index.json"
-                || n == "config.json"
-                || n == "preprocessor_config.json"
-                || n == "tokenizer.json"
-                || n == "vocab.txt"
-        })
-        .collect();
-    names.sort();
-    let mut hasher = Xxh3::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for name in names {
-        hasher.update(name.as_bytes());
-        let path = folder.join(&name);
-        let mut file = File::open(&path).map_err(|e| cache_io(&path, e))?;
-        loop {
-            let n = file.read(&mut buf).map_err(|e| cache_io(&path, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-    }
-    Ok(hasher.digest())
-}
-
 /// The default cache root: `$QUARRY_CACHE_DIR`, else `$XDG_CACHE_HOME/quarry/eval`, else
 /// `~/.cache/quarry/eval`, else `.quarry-cache/eval` in the working directory.
 pub fn default_cache_root() -> PathBuf {

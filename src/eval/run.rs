@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::cache::{model_fingerprint, CachePrecision, EntryShape, FeatureCache, ImageKey};
+use super::cache::{CachePrecision, EntryShape, FeatureCache, ImageKey};
 use super::caption::{pre_caption, LAVIS_MAX_WORDS};
 use super::metrics::RecallMetrics;
 use super::protocol::{ItcMatrix, ItmMatrices, ItmPlan};
@@ -202,9 +202,10 @@ fn dtype_name(dtype: DType) -> &'static str {
 }
 
 impl Evaluator {
-    /// Loads the model of an opened folder and fingerprints its files (the cache key).
+    /// Loads the model of an opened folder and fingerprints it (the cache key: the low 64
+    /// bits of [`RetrievalFolder::fingerprint`], the fingerprint stores record too).
     pub fn load(folder: RetrievalFolder, options: &LoadOptions) -> Result<Self, EvalError> {
-        let fingerprint = model_fingerprint(folder.path())?;
+        let fingerprint = folder.fingerprint()? as u64;
         let model = folder.load(options)?;
         Ok(Self {
             folder,

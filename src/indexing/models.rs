@@ -98,14 +98,14 @@ impl IndexModels {
         caption_settings: &CaptionSettings,
     ) -> Result<Self> {
         let retrieval = RetrievalFolder::open(retrieval_dir)?;
-        let retrieval_fingerprint = retrieval.fingerprint()?;
+        let retrieval_fingerprint = format!("{:032x}", retrieval.fingerprint()?);
         let retriever = retrieval.load(options)?;
         let mut shared_trunk = false;
         let caption = match caption_dir {
             None => None,
             Some(dir) => {
                 let folder = CaptionFolder::open(dir)?;
-                let fingerprint = folder.fingerprint()?;
+                let fingerprint = format!("{:032x}", folder.fingerprint()?);
                 shared_trunk = folder.preprocess == retrieval.preprocess
                     && caption_settings.precision.vision == options.vision_dtype
                     && folder.vision_trunk_fingerprint()?
