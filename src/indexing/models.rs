@@ -168,11 +168,6 @@ impl IndexModels {
         let flat: Vec<f32> = pixels.iter().flat_map(|p| p.iter().copied()).collect();
         let batch = Tensor::from_vec(flat, (b, 3, s, s), &self.device)?;
         let caption_model = self.caption.as_ref();
-        let encoders = ImageEncoders::new(
-            &self.retriever,
-            caption_model.map(|c| &c.model),
-            self.shared_trunk,
-        );
         let encoded = match caption_model {
             Some(c) if !self.shared_trunk => {
                 // Different trunks: each model runs its own ViT, on its own preprocessing.
@@ -182,7 +177,12 @@ impl IndexModels {
                 encoded.captioning = Some(c.model.vision().forward(&caption_pixels)?);
                 encoded
             }
-            _ => encoders.encode(&batch)?,
+            _ => ImageEncoders::new(
+                &self.retriever,
+                caption_model.map(|c| &c.model),
+                self.shared_trunk,
+            )
+            .encode(&batch)?,
         };
         let vectors = self.retriever.image_embeddings(&encoded.retrieval)?;
         let (_, q, d) = vectors.dims3()?;

@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::ann::{AnnError, AnnHit, AnnParams, MultiVectorIndex};
+use crate::ann::{AnnError, AnnParams, MultiVectorIndex};
 use crate::store::{
     BatchChanges, BatchWrite, CommitReceipt, ModelIdentity, Store, StoreCounts, StoreError,
     TextSource,
@@ -221,12 +221,6 @@ impl Library {
         self.store
             .prune_changes(self.dumped_batch.min(words_done))?;
         Ok(())
-    }
-
-    /// Images best matching one ITC query vector (text → image): max over each image's
-    /// vectors, exact scores, best first.
-    pub fn search_images(&self, query: &[f32], k: usize) -> Result<Vec<AnnHit>, LibraryError> {
-        Ok(self.images.search(query, k)?)
     }
 
     /// The store folder.
