@@ -348,6 +348,22 @@ const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 #[allow(clippy::excessive_precision)]
 const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
+/// The preprocessing of a model folder (`preprocessor_config.json`), checked against the
+/// configuration's image size. Public for training, which reads folders without weights.
+pub fn read_preprocessor_spec(folder: &Path, image_size: usize) -> Result<PreprocessSpec> {
+    read_preprocessor(folder, image_size)
+}
+
+/// The Q-Former tokenizer of a model folder, set up as [`RetrievalFolder::open`] does.
+pub fn retrieval_tokenizer(folder: &Path, config: &Blip2Config) -> Result<TextTokenizer> {
+    let max_text = DEFAULT_MAX_TEXT_TOKENS.min(config.qformer_config.max_position_embeddings);
+    TextTokenizer::new(
+        read_tokenizer(folder)?,
+        max_text,
+        config.qformer_config.pad_token_id as u32,
+    )
+}
+
 fn read_preprocessor(folder: &Path, image_size: usize) -> Result<PreprocessSpec> {
     const NAME: &str = "preprocessor_config.json";
     let text = read_text(folder, NAME)?;

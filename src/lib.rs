@@ -31,6 +31,7 @@ pub mod store;
 pub mod synth;
 pub mod text;
 pub mod tokenize;
+pub mod train;
 
 pub use checkpoint::{CaptionFolder, LoadOptions, RetrievalFolder};
 pub use error::{Error, Result};

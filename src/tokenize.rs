@@ -108,6 +108,11 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The id of a token of the vocabulary (e.g. `[DEC]`), if it has one.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
     /// Token ids of each text: `[CLS] … [SEP]`, truncated, unpadded.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
         texts

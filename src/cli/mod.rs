@@ -12,6 +12,7 @@ mod remove;
 mod serve;
 mod status;
 mod synth;
+mod train;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,8 @@ enum Command {
     Synth(synth::Args),
     /// Recall@K on a Karpathy test split (COCO 5k, Flickr30K 1k) with LAVIS's protocol.
     Eval(eval::Args),
+    /// Train BLIP-2: stage 1 (Q-Former), stage 2 (Q-Former into OPT), or an OPT on captions.
+    Train(train::Args),
 }
 
 /// Runs the command line; errors are printed with their causes and give exit code 1 (bad
@@ -63,6 +66,7 @@ pub fn run() -> ExitCode {
         Command::Status(a) => status::run(a),
         Command::Remove(a) => remove::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Train(a) => train::run(a),
 
         Command::Serve(a) => serve::run(a),
     };
@@ -78,7 +82,9 @@ pub fn run() -> ExitCode {
                 || e.downcast_ref::<quarry::indexing::IndexError>()
                     .is_some_and(|e| !e.is_user_error())
                 || e.downcast_ref::<quarry::library::LibraryError>()
-                    .is_some_and(|e| !e.is_user_error());
+                    .is_some_and(|e| !e.is_user_error())
+                || e.downcast_ref::<quarry::train::TrainError>()
+                    .is_some_and(|e| matches!(e, quarry::train::TrainError::Candle(_)));
             ExitCode::from(if internal { 2 } else { 1 })
         }
     }

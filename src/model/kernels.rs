@@ -6,6 +6,10 @@
 //! (rayon, rows split across cores). They compute the same formulas as transformers — GELU
 //! with erf, LayerNorm with the mean subtracted before the variance — and fall back to plain
 //! tensor ops on other devices and dtypes, so CUDA and half precision keep working unchanged.
+//!
+//! The custom ops have no backward pass. When an input takes part in a gradient computation
+//! (training: [`needs_grad`]), each function takes the plain tensor-op route instead, which
+//! computes the same formula and which candle can differentiate.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -54,9 +58,15 @@ impl CustomOp1 for GeluErf {
     }
 }
 
+/// Whether any of `tensors` is a training variable or computed from one, i.e. whether the
+/// fused (non-differentiable) kernels must be avoided.
+pub fn needs_grad(tensors: &[&Tensor]) -> bool {
+    tensors.iter().any(|t| t.track_op())
+}
+
 /// Exact GELU; one parallel pass on CPU f32, candle's `gelu_erf` elsewhere.
 pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && !needs_grad(&[x]) {
         x.contiguous()?.apply_op1_no_bwd(&GeluErf)
     } else {
         x.gelu_erf()
@@ -119,7 +129,7 @@ pub fn layer_norm(
     eps: f64,
 ) -> candle_core::Result<Tensor> {
     let dtype = x.dtype();
-    if x.device().is_cpu() && dtype == DType::F32 {
+    if x.device().is_cpu() && dtype == DType::F32 && !needs_grad(&[x, weight, bias]) {
         return x
             .contiguous()?
             .apply_op3_no_bwd(weight, bias, &LayerNormOp { eps });
@@ -239,6 +249,7 @@ impl CustomOp2 for SkinnyMatmul {
 pub fn skinny_matmul(x: &Tensor, weight: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let (rows, _) = x.dims2()?;
     if !x.device().is_cpu()
+        || needs_grad(&[x, weight])
         || rows > SKINNY_MAX_ROWS
         || !weight.is_contiguous()
         || weight.rank() != 2

@@ -128,7 +128,13 @@ pub fn attention(
         Some(m) => scores.broadcast_add(m)?,
         None => scores,
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    // candle's fused softmax has no backward pass; training takes the composed one.
+    let probs = if super::kernels::needs_grad(&[&scores]) {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    }
+    .to_dtype(dtype)?;
     probs.matmul(v)
 }
 

@@ -7,7 +7,7 @@
 pub mod captioner;
 pub mod config;
 pub mod generate;
-mod heads;
+pub(crate) mod heads;
 mod kernels;
 pub mod layers;
 pub mod opt;
@@ -50,7 +50,7 @@ pub struct ItmScores {
 #[derive(Debug, Clone)]
 pub(crate) struct QueryingTransformer {
     query_tokens: Tensor,
-    qformer: QFormer,
+    pub(crate) qformer: QFormer,
     num_query_tokens: usize,
 }
 
@@ -68,7 +68,7 @@ impl QueryingTransformer {
     }
 
     /// The query tokens repeated for a batch.
-    fn queries(&self, batch: usize) -> candle_core::Result<Tensor> {
+    pub(crate) fn queries(&self, batch: usize) -> candle_core::Result<Tensor> {
         let (_, q, h) = self.query_tokens.dims3()?;
         self.query_tokens.expand((batch, q, h))
     }

@@ -351,6 +351,48 @@ impl OptDecoder {
     /// `embeds` [B, T, embed_dim] are the new inputs; `mask` [B, S] is the 0/1 padding mask of
     /// the whole sequence so far including them (S = cache length + T).
     pub fn forward(&self, embeds: &Tensor, mask: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let x = self.layers_forward(embeds, mask, cache)?;
+        let t = x.dim(1)?;
+        let last = self.head_input(&x.narrow(1, t - 1, 1)?)?;
+        // The head is the largest matrix (vocab × embed_dim) and is multiplied by one row per
+        // sequence: the same memory-bound product as the layers' at decode time.
+        self.lm_head
+            .forward(&last.squeeze(1)?)?
+            .to_dtype(DType::F32)
+    }
+
+    /// The logits [B, T − from, vocab] in f32 of the positions `from..T` of a whole sequence run
+    /// at once (what the language-modelling loss needs; no cache is kept). Positions before
+    /// `from` (e.g. BLIP-2's image rows, which predict nothing) skip the head, the largest
+    /// product of a small model.
+    pub fn logits_from(&self, embeds: &Tensor, mask: &Tensor, from: usize) -> Result<Tensor> {
+        let x = self.layers_forward(embeds, mask, &mut KvCache::new())?;
+        let t = x.dim(1)?;
+        let x = x.narrow(1, from, t - from)?;
+        self.lm_head
+            .forward(&self.head_input(&x)?)?
+            .to_dtype(DType::F32)
+    }
+
+    /// The final LayerNorm and `project_out`: decoder states → the head's input.
+    fn head_input(&self, x: &Tensor) -> Result<Tensor> {
+        let x = match &self.final_layer_norm {
+            Some(ln) => ln.forward(x)?,
+            None => x.clone(),
+        };
+        match &self.project_out {
+            Some(p) => p.forward(&x),
+            None => Ok(x),
+        }
+    }
+
+    /// Positions, `project_in` and the decoder blocks: new inputs → states [B, T, hidden].
+    fn layers_forward(
+        &self,
+        embeds: &Tensor,
+        mask: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
         let (b, t, _) = embeds.dims3()?;
         let past = cache.len();
         let total = past + t;
@@ -386,20 +428,7 @@ impl OptDecoder {
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, Some(&additive), cache, i)?;
         }
-        let last = x.narrow(1, t - 1, 1)?;
-        let last = match &self.final_layer_norm {
-            Some(ln) => ln.forward(&last)?,
-            None => last,
-        };
-        let last = match &self.project_out {
-            Some(p) => p.forward(&last)?,
-            None => last,
-        };
-        // The head is the largest matrix (vocab × embed_dim) and is multiplied by one row per
-        // sequence: the same memory-bound product as the layers' at decode time.
-        self.lm_head
-            .forward(&last.squeeze(1)?)?
-            .to_dtype(DType::F32)
+        Ok(x)
     }
 }
 

@@ -243,6 +243,21 @@ pub struct ImageMemory {
 }
 
 impl ImageMemory {
+    /// Keeps the images `rows` (u32 indices into the batch), in that order: how training pairs
+    /// an image with another image's text.
+    pub fn select_rows(&self, rows: &Tensor) -> Result<Self> {
+        let per_layer = self
+            .per_layer
+            .iter()
+            .map(|kv| {
+                kv.as_ref()
+                    .map(|(k, v)| Ok((k.index_select(rows, 0)?, v.index_select(rows, 0)?)))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { per_layer })
+    }
+
     /// Repeats every image `n` times along the batch (image i → rows i·n … i·n+n−1).
     pub fn repeat_each(&self, n: usize) -> Result<Self> {
         let rep = |t: &Tensor| -> Result<Tensor> {

@@ -9,7 +9,7 @@
 //! the output, on every machine.
 
 mod render;
-mod rng;
+pub mod rng;
 pub mod scene;
 
 use std::fs;

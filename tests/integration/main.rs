@@ -8,4 +8,5 @@ mod indexing;
 mod parity;
 mod serve;
 mod support;
+mod training;
 mod web;

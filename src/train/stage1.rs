@@ -1,0 +1,310 @@
+//! Stage 1: the Q-Former learns to extract from a frozen image encoder the visual
+//! representation most relevant to the text, through three objectives that share one network
+//! and differ only in their self-attention mask ([`super::masks`]).
+//!
+//! Each step runs the Q-Former three times over `[queries; text]`: with the unimodal mask
+//! (ITC: image vectors from the query rows, the text vector from `[CLS]`), with the
+//! bidirectional mask over one positive and two hard-negative pairs per example (ITM), and with
+//! the multimodal causal mask on the text whose first token is replaced by `[DEC]` (ITG). Only
+//! the Q-Former, the query tokens, the text embeddings, the heads and the temperature are
+//! updated; the image encoder is frozen unless the run pre-trains it (`train_vision`).
+
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+
+use super::losses::{cross_entropy, itc_loss, next_token_loss, sample_hard_negatives};
+use super::masks::{attention_mask, MaskKind};
+use crate::model::heads::RetrievalHeads;
+use crate::model::layers::{activate, LayerNorm, Linear};
+use crate::model::qformer::TextEmbeddings;
+use crate::model::vision::VisionModel;
+use crate::model::{Blip2Config, QueryingTransformer};
+use crate::synth::rng::SplitMix64;
+
+/// The name of the learned ITC temperature in the training state (LAVIS's `temp`; the Hugging
+/// Face retrieval checkpoint has no such tensor, so it is kept with the optimiser state).
+pub const TEMP: &str = "temp";
+
+/// Prefixes of the tensors stage 1 trains (everything but the image encoder).
+pub const QFORMER_PREFIXES: [&str; 8] = [
+    "query_tokens",
+    "qformer.",
+    "embeddings.",
+    "vision_projection.",
+    "text_projection.",
+    "itm_head.",
+    "cls.",
+    TEMP,
+];
+
+/// Tensors only training uses: written to the training state, not to the model folder.
+pub fn is_training_only(name: &str) -> bool {
+    name == TEMP || name.starts_with("cls.")
+}
+
+/// BERT's language-modelling head (`cls.predictions`) for ITG: a transform, then the decoder
+/// tied to the word embeddings.
+#[derive(Debug, Clone)]
+struct LmPredictionHead {
+    dense: Linear,
+    layer_norm: LayerNorm,
+    decoder_weight: Tensor,
+    decoder_bias: Tensor,
+    act: crate::model::config::Activation,
+}
+
+impl LmPredictionHead {
+    fn new(
+        config: &Blip2Config,
+        word_embeddings: Tensor,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let q = &config.qformer_config;
+        let h = q.hidden_size;
+        Ok(Self {
+            dense: Linear::new(h, h, vb.pp("transform.dense"))?,
+            layer_norm: LayerNorm::new(h, q.layer_norm_eps, vb.pp("transform.LayerNorm"))?,
+            decoder_bias: vb.get(q.vocab_size, "bias")?,
+            decoder_weight: word_embeddings,
+            act: q.hidden_act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self
+            .layer_norm
+            .forward(&activate(self.act, &self.dense.forward(x)?)?)?;
+        let (b, l, hd) = h.dims3()?;
+        h.reshape((b * l, hd))?
+            .matmul(&self.decoder_weight.t()?)?
+            .broadcast_add(&self.decoder_bias)?
+            .reshape((b, l, ()))
+    }
+}
+
+/// The stage-1 network: image encoder, Q-Former, heads and the ITG head.
+#[derive(Debug, Clone)]
+pub struct Stage1Model {
+    vision: VisionModel,
+    queries: QueryingTransformer,
+    text_embeddings: TextEmbeddings,
+    heads: RetrievalHeads,
+    itg_head: LmPredictionHead,
+    temp: Tensor,
+    num_query_tokens: usize,
+    dec_token: u32,
+    pad_token: u32,
+}
+
+/// One step's losses (scalars, still attached to the graph).
+#[derive(Debug, Clone)]
+pub struct Stage1Losses {
+    /// Image–text contrastive.
+    pub itc: Tensor,
+    /// Image–text matching.
+    pub itm: Tensor,
+    /// Image-grounded text generation.
+    pub itg: Tensor,
+}
+
+impl Stage1Losses {
+    /// The sum that is minimised.
+    pub fn total(&self) -> candle_core::Result<Tensor> {
+        (&self.itc + &self.itm)? + &self.itg
+    }
+}
+
+impl Stage1Model {
+    /// Builds the network from a training `VarBuilder` (see [`super::params::ParamStore`]).
+    /// `dec_token` is the tokenizer's `[DEC]` id, `temp` the ITC temperature tensor.
+    pub fn new(
+        config: &Blip2Config,
+        vb: VarBuilder,
+        temp: Tensor,
+        dec_token: u32,
+    ) -> crate::Result<Self> {
+        config.validate()?;
+        let q = &config.qformer_config;
+        let text_embeddings = TextEmbeddings::new(q, vb.pp("embeddings"))?;
+        let word = vb.get(
+            (q.vocab_size, q.hidden_size),
+            "embeddings.word_embeddings.weight",
+        )?;
+        Ok(Self {
+            vision: VisionModel::new(&config.vision_config, vb.pp("vision_model"))?,
+            queries: QueryingTransformer::new(config, vb.clone())?,
+            text_embeddings,
+            heads: RetrievalHeads::new(q.hidden_size, config.image_text_hidden_size, vb.clone())?,
+            itg_head: LmPredictionHead::new(config, word, vb.pp("cls.predictions"))?,
+            temp,
+            num_query_tokens: config.num_query_tokens,
+            dec_token,
+            pad_token: q.pad_token_id as u32,
+        })
+    }
+
+    /// The image encoder's output for pixels [B, 3, S, S].
+    pub fn image_tokens(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        self.vision.forward(pixels)
+    }
+
+    /// The current temperature value.
+    pub fn temperature(&self) -> candle_core::Result<f32> {
+        self.temp.clamp(0.001f32, 0.5f32)?.to_scalar::<f32>()
+    }
+
+    /// `[queries; text]` embeddings for token ids [B, L].
+    fn joint_embeddings(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let b = ids.dim(0)?;
+        Tensor::cat(
+            &[
+                &self.queries.queries(b)?,
+                &self.text_embeddings.forward(ids)?,
+            ],
+            1,
+        )
+    }
+
+    /// The three losses for image tokens [B, T, D] and one tokenized text per image (unpadded,
+    /// `[CLS] … [SEP]`). `groups[i] == groups[j]` marks interchangeable texts; `rng` draws the
+    /// hard negatives.
+    pub fn losses(
+        &self,
+        image_tokens: &Tensor,
+        texts: &[Vec<u32>],
+        groups: &[u64],
+        rng: &mut SplitMix64,
+    ) -> crate::Result<Stage1Losses> {
+        let b = texts.len();
+        if b < 2 || image_tokens.dim(0)? != b || groups.len() != b {
+            return Err(crate::Error::Config(format!(
+                "a stage-1 batch needs at least two image-text pairs with one text per image \
+                 (got {} images, {b} texts)",
+                image_tokens.dim(0)?
+            )));
+        }
+        let device = image_tokens.device();
+        let nq = self.num_query_tokens;
+        let longest = texts.iter().map(Vec::len).max().unwrap_or(0);
+        let pad = |t: &Vec<u32>| -> Vec<u32> {
+            t.iter()
+                .copied()
+                .chain(std::iter::repeat(self.pad_token))
+                .take(longest)
+                .collect()
+        };
+        let ids: Vec<Vec<u32>> = texts.iter().map(pad).collect();
+        let masks: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| (0..longest).map(|i| u32::from(i < t.len())).collect())
+            .collect();
+        let ids_tensor = |rows: &[Vec<u32>]| -> candle_core::Result<Tensor> {
+            let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+            Tensor::from_vec(flat, (rows.len(), longest), device)
+        };
+        let memory = self.queries.qformer.image_memory(image_tokens)?;
+
+        // ITC: unimodal mask, one pass gives both sides.
+        let embeds = self.joint_embeddings(&ids_tensor(&ids)?)?;
+        let mask = attention_mask(MaskKind::Unimodal, nq, &masks, device)?;
+        let hidden = self
+            .queries
+            .qformer
+            .forward(&embeds, nq, Some(&mask), Some(&memory))?;
+        let image_feats = self.heads.image_embeddings(&hidden.narrow(1, 0, nq)?)?;
+        let text_feats = self
+            .heads
+            .text_embedding(&hidden.narrow(1, nq, 1)?.squeeze(1)?)?;
+        let (itc, sim) = itc_loss(&image_feats, &text_feats, &self.temp, groups)?;
+
+        // ITM: hard negatives drawn from the (detached) similarities.
+        let sim_i2t: Vec<Vec<f32>> = sim.detach().to_vec2()?;
+        let sim_t2i: Vec<Vec<f32>> = sim.detach().t()?.to_vec2()?;
+        let temp = self.temperature()?;
+        let neg_image_of_text = sample_hard_negatives(&sim_t2i, temp, groups, rng);
+        let neg_text_of_image = sample_hard_negatives(&sim_i2t, temp, groups, rng);
+        let mut itm_ids = ids.clone();
+        itm_ids.extend(ids.iter().cloned());
+        itm_ids.extend(neg_text_of_image.iter().map(|&j| ids[j].clone()));
+        let mut itm_masks = masks.clone();
+        itm_masks.extend(masks.iter().cloned());
+        itm_masks.extend(neg_text_of_image.iter().map(|&j| masks[j].clone()));
+        let image_rows: Vec<u32> = (0..b as u32)
+            .chain(neg_image_of_text.iter().map(|&j| j as u32))
+            .chain(0..b as u32)
+            .collect();
+        let itm_memory = memory.select_rows(&Tensor::new(image_rows.as_slice(), device)?)?;
+        let embeds = self.joint_embeddings(&ids_tensor(&itm_ids)?)?;
+        let mask = attention_mask(MaskKind::Bidirectional, nq, &itm_masks, device)?;
+        let hidden = self
+            .queries
+            .qformer
+            .forward(&embeds, nq, Some(&mask), Some(&itm_memory))?;
+        let logits = self.heads.itm_logits(&hidden.narrow(1, 0, nq)?)?;
+        let labels: Vec<Option<u32>> = (0..3 * b).map(|i| Some(u32::from(i < b))).collect();
+        let itm = cross_entropy(&logits, &labels, 0.0)?;
+
+        // ITG: [DEC] first, causal text that sees the queries.
+        let dec_ids: Vec<Vec<u32>> = ids
+            .iter()
+            .map(|t| {
+                let mut t = t.clone();
+                t[0] = self.dec_token;
+                t
+            })
+            .collect();
+        let embeds = self.joint_embeddings(&ids_tensor(&dec_ids)?)?;
+        let mask = attention_mask(MaskKind::MultimodalCausal, nq, &masks, device)?;
+        let hidden = self
+            .queries
+            .qformer
+            .forward(&embeds, nq, Some(&mask), Some(&memory))?;
+        let text_hidden = hidden.narrow(1, nq, longest)?;
+        let logits = self.itg_head.forward(&text_hidden)?;
+        let labels: Vec<Vec<Option<u32>>> = ids
+            .iter()
+            .zip(&masks)
+            .map(|(t, m)| {
+                t.iter()
+                    .zip(m)
+                    .map(|(&id, &k)| (k == 1).then_some(id))
+                    .collect()
+            })
+            .collect();
+        let itg = next_token_loss(&logits, &labels, 0.1)?;
+        Ok(Stage1Losses { itc, itm, itg })
+    }
+
+    /// ITC unit vectors of image tokens [B, Q, D] and texts [B, D] (for checks and evaluation
+    /// during training), computed as inference does.
+    pub fn itc_vectors(
+        &self,
+        image_tokens: &Tensor,
+        texts: &crate::TextBatch,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let image = self
+            .heads
+            .image_embeddings(&self.queries.image_mode(image_tokens).map_err(to_candle)?)?;
+        let embeds = self.text_embeddings.forward(&texts.input_ids)?;
+        let mask = crate::model::layers::additive_mask(&texts.attention_mask)?;
+        let hidden = self
+            .queries
+            .qformer
+            .forward(&embeds, 0, Some(&mask), None)?;
+        let text = self
+            .heads
+            .text_embedding(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?;
+        Ok((image, text))
+    }
+}
+
+fn to_candle(e: crate::Error) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// Mean of a scalar loss tensor as f32 (for progress reports).
+pub fn scalar(t: &Tensor) -> candle_core::Result<f32> {
+    t.to_dtype(candle_core::DType::F32)?
+        .mean_all()?
+        .to_scalar::<f32>()
+}

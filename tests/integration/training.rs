@@ -1,0 +1,509 @@
+//! Training end to end on tiny configurations derived from the demo recipes: each stage's
+//! losses fall over a short run, a resumed run equals an uninterrupted one, and what training
+//! writes loads in the inference code unchanged.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use quarry::synth::{generate, SynthOptions};
+use quarry::train::{
+    train_language_model, train_stage1, train_stage2, RunPaths, Stage1Options, Stage2Sources,
+    TrainEvent, TrainSettings, TrainSummary,
+};
+use serde_json::{json, Value};
+
+fn recipes() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/recipes")
+}
+
+/// Copies a recipe folder into `dir`, shrinking its configuration with `edit`.
+fn tiny_recipe(name: &str, dir: &Path, edit: impl Fn(&mut Value)) -> PathBuf {
+    let src = recipes().join(name);
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), out.join(entry.file_name())).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(
+        out.join("config.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    if out.join("preprocessor_config.json").is_file() {
+        let mut pre: Value =
+            serde_json::from_slice(&std::fs::read(out.join("preprocessor_config.json")).unwrap())
+                .unwrap();
+        pre["size"] = json!({"height": 32, "width": 32});
+        std::fs::write(
+            out.join("preprocessor_config.json"),
+            serde_json::to_vec(&pre).unwrap(),
+        )
+        .unwrap();
+    }
+    out
+}
+
+fn shrink_blip2(c: &mut Value) {
+    c["num_query_tokens"] = json!(8);
+    c["image_text_hidden_size"] = json!(32);
+    let v = &mut c["vision_config"];
+    v["hidden_size"] = json!(32);
+    v["intermediate_size"] = json!(64);
+    v["num_hidden_layers"] = json!(1);
+    v["num_attention_heads"] = json!(2);
+    v["image_size"] = json!(32);
+    v["patch_size"] = json!(8);
+    let q = &mut c["qformer_config"];
+    q["hidden_size"] = json!(32);
+    q["intermediate_size"] = json!(64);
+    q["num_hidden_layers"] = json!(1);
+    q["num_attention_heads"] = json!(2);
+    q["encoder_hidden_size"] = json!(32);
+    if c.get("text_config").is_some() {
+        shrink_opt(&mut c["text_config"]);
+    }
+}
+
+fn shrink_opt(o: &mut Value) {
+    o["hidden_size"] = json!(32);
+    o["ffn_dim"] = json!(64);
+    o["num_hidden_layers"] = json!(1);
+    o["num_attention_heads"] = json!(2);
+    o["word_embed_proj_dim"] = json!(16);
+}
+
+fn settings(steps: usize, seed: u64) -> TrainSettings {
+    TrainSettings {
+        epochs: 100,
+        batch: 8,
+        lr: 2e-3,
+        min_lr: 1e-4,
+        warmup_lr: 1e-5,
+        warmup_steps: 5,
+        max_steps: Some(steps),
+        adamw: Default::default(),
+        seed,
+        save_every: 1000,
+        log_every: 5,
+        resume: false,
+        save_dtype: candle_core::DType::F32,
+        device: candle_core::Device::Cpu,
+    }
+}
+
+fn data_named(dir: &Path, n: usize, seed: u64) -> PathBuf {
+    data(dir, n, seed)
+}
+
+fn data(dir: &Path, n: usize, seed: u64) -> PathBuf {
+    let out = dir.join(format!("synth-{seed}"));
+    generate(
+        &out,
+        SynthOptions {
+            count: n,
+            seed,
+            size: 64,
+        },
+    )
+    .unwrap();
+    out
+}
+
+fn paths(data: &Path, init: &Path, out: &Path) -> RunPaths {
+    RunPaths {
+        annotations: data.join("annotations.json"),
+        images: data.to_path_buf(),
+        init: init.to_path_buf(),
+        out: out.to_path_buf(),
+    }
+}
+
+fn loss(l: &[(&str, f32)], name: &str) -> f32 {
+    l.iter().find(|(n, _)| *n == name).unwrap().1
+}
+
+fn quiet(_: &TrainEvent) {}
+
+/// Stage 1 with the encoder trained too (the tiny encoder has no pre-trained weights), then
+/// stage 1 proper against it frozen: every objective's loss is lower after a short run.
+fn stage1_twice(tmp: &Path, data: &Path) -> (PathBuf, TrainSummary, TrainSummary) {
+    let init = tiny_recipe("demo-retrieval", tmp, shrink_blip2);
+    let encoder = tmp.join("encoder");
+    let pre = train_stage1(
+        &paths(data, &init, &encoder),
+        &Stage1Options {
+            train_vision: true,
+            ..Default::default()
+        },
+        &settings(60, 1),
+        &mut quiet,
+    )
+    .unwrap();
+    let stage1 = tmp.join("stage1");
+    let summary = train_stage1(
+        &paths(data, &init, &stage1),
+        &Stage1Options {
+            vision_from: Some(encoder),
+            ..Default::default()
+        },
+        &settings(60, 2),
+        &mut quiet,
+    )
+    .unwrap();
+    (stage1, pre, summary)
+}
+
+#[test]
+fn every_stage_lowers_its_losses_and_writes_folders_inference_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data(tmp.path(), 48, 3);
+    let (stage1, pre, s1) = stage1_twice(tmp.path(), &data);
+    for (name, summary) in [("encoder pre-training", &pre), ("stage 1", &s1)] {
+        for objective in ["itc", "itm", "itg"] {
+            let (first, last) = (
+                loss(&summary.first_losses, objective),
+                loss(&summary.last_losses, objective),
+            );
+            assert!(
+                last < first,
+                "{name}: {objective} went from {first} to {last} over {} steps",
+                summary.steps
+            );
+        }
+    }
+    // The stage-1 folder is a retrieval checkpoint: the inference code loads it and its
+    // embeddings are unit vectors.
+    let folder = quarry::RetrievalFolder::open(&stage1).unwrap();
+    let model = folder.load(&Default::default()).unwrap();
+    let texts = folder
+        .tokenizer
+        .batch(&["a red circle"], None, &candle_core::Device::Cpu)
+        .unwrap();
+    let t = model.embed_texts(&texts).unwrap();
+    let norm: f32 = t.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+    assert!((norm - 1.0).abs() < 1e-4);
+    // No training-only tensor leaks into the model file.
+    let names =
+        candle_core::safetensors::load(stage1.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(names.keys().all(|k| k != "temp" && !k.starts_with("cls.")));
+    assert!(names.contains_key("qformer.encoder.layer.0.crossattention.attention.key.weight"));
+
+    // The language model alone, then stage 2 into it, on 16 images seen many times over (a
+    // short run on CPU has to over-fit to show that the gradient reaches the Q-Former through
+    // the frozen decoder).
+    let small = data_named(tmp.path(), 8, 10);
+    let opt_init = tiny_recipe("demo-opt", tmp.path(), shrink_opt);
+    let opt = tmp.path().join("opt");
+    let lm = train_language_model(
+        &paths(&small, &opt_init, &opt),
+        &settings(60, 4),
+        &mut quiet,
+    )
+    .unwrap();
+    assert!(
+        loss(&lm.last_losses, "lm") < loss(&lm.first_losses, "lm"),
+        "{:?} → {:?}",
+        lm.first_losses,
+        lm.last_losses
+    );
+    eprintln!(
+        "language model: {:?} → {:?}",
+        lm.first_losses, lm.last_losses
+    );
+    let cap_init = tiny_recipe("demo-captioner", tmp.path(), shrink_blip2);
+    let captioner = tmp.path().join("captioner");
+    let s2 = train_stage2(
+        &paths(&small, &cap_init, &captioner),
+        &Stage2Sources {
+            qformer_from: stage1.clone(),
+            language_model: opt.clone(),
+        },
+        &TrainSettings {
+            lr: 1e-3,
+            ..settings(80, 5)
+        },
+        &mut quiet,
+    )
+    .unwrap();
+    assert!(
+        loss(&s2.last_losses, "lm") < loss(&s2.first_losses, "lm"),
+        "stage 2: {:?} → {:?}",
+        s2.first_losses,
+        s2.last_losses
+    );
+    // Stage 2 starts from stage 1's Q-Former and leaves the encoder and OPT frozen.
+    let load = |p: &Path| {
+        candle_core::safetensors::load(p.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let (s1w, s2w, optw) = (load(&stage1), load(&captioner), load(&opt));
+    let same = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        a.sub(b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            == 0.0
+    };
+    assert!(same(
+        &s1w["vision_model.encoder.layers.0.mlp.fc1.weight"],
+        &s2w["vision_model.encoder.layers.0.mlp.fc1.weight"]
+    ));
+    assert!(same(
+        &optw["model.decoder.layers.0.fc1.weight"],
+        &s2w["language_model.model.decoder.layers.0.fc1.weight"]
+    ));
+    assert!(
+        !same(&s1w["query_tokens"], &s2w["query_tokens"]),
+        "stage 2 trains the queries"
+    );
+    // The captioning folder loads and captions.
+    let folder = quarry::CaptionFolder::open(&captioner).unwrap();
+    let model = folder
+        .load(&candle_core::Device::Cpu, Default::default())
+        .unwrap();
+    let pixels = quarry::indexer::preprocess_file(
+        &data.join("images/000000.png"),
+        &folder.preprocess,
+        Default::default(),
+    )
+    .unwrap();
+    let pixels =
+        candle_core::Tensor::from_vec(pixels, (1, 3, 32, 32), &candle_core::Device::Cpu).unwrap();
+    let prompt = folder.encode_prompt("").unwrap();
+    let settings = quarry::GenerationSettings {
+        num_beams: 1,
+        max_new_tokens: 12,
+        min_new_tokens: 0,
+        length_penalty: 1.0,
+        repetition_penalty: 1.0,
+        no_repeat_ngram_size: 0,
+        eos_token_id: folder.opt.eos_token_id,
+        pad_token_id: folder.opt.pad_token_id,
+    };
+    let out = model.generate(&pixels, &[prompt], &settings).unwrap();
+    assert!(!out[0].token_ids.is_empty());
+}
+
+#[test]
+fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data(tmp.path(), 24, 6);
+    let init = tiny_recipe("demo-retrieval", tmp.path(), shrink_blip2);
+    let options = Stage1Options {
+        train_vision: true,
+        ..Default::default()
+    };
+    let straight = tmp.path().join("straight");
+    train_stage1(
+        &paths(&data, &init, &straight),
+        &options,
+        &settings(6, 7),
+        &mut quiet,
+    )
+    .unwrap();
+    let resumed = tmp.path().join("resumed");
+    let mut first = settings(3, 7);
+    first.save_every = 3;
+    train_stage1(&paths(&data, &init, &resumed), &options, &first, &mut quiet).unwrap();
+    // Without --resume, an existing run is not overwritten.
+    let err = train_stage1(&paths(&data, &init, &resumed), &options, &first, &mut quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--resume"), "{err}");
+    let mut rest = settings(6, 7);
+    rest.resume = true;
+    let mut started_at = None;
+    train_stage1(&paths(&data, &init, &resumed), &options, &rest, &mut |e| {
+        if let TrainEvent::Started { start_step, .. } = e {
+            started_at = Some(*start_step);
+        }
+    })
+    .unwrap();
+    assert_eq!(started_at, Some(3));
+    let load = |p: &Path| {
+        candle_core::safetensors::load(p.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let (a, b) = (load(&straight), load(&resumed));
+    assert_eq!(a.len(), b.len());
+    for (name, t) in &a {
+        let diff: f32 = t
+            .sub(&b[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        // Same batches, negatives, moments and schedule: only summation order in the
+        // parallel kernels may differ.
+        assert!(diff < 1e-5, "{name} differs by {diff}");
+    }
+    // A resume with another seed is refused.
+    let mut other = settings(6, 8);
+    other.resume = true;
+    let err = train_stage1(&paths(&data, &init, &resumed), &options, &other, &mut quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--seed"), "{err}");
+}
+
+#[test]
+fn the_cli_reports_progress_as_json_and_refuses_bad_input_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data(tmp.path(), 16, 9);
+    let init = tiny_recipe("demo-retrieval", tmp.path(), shrink_blip2);
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .arg("train")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = tmp.path().join("out");
+    let ok = run(&[
+        "stage1",
+        "--data",
+        data.to_str().unwrap(),
+        "--init",
+        init.to_str().unwrap(),
+        "--train-vision",
+        "--out",
+        out.to_str().unwrap(),
+        "--batch",
+        "4",
+        "--epochs",
+        "1",
+        "--log-every",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(ok.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<&Value> = lines.iter().filter(|l| l["event"] == "step").collect();
+    assert_eq!(steps.len(), 4, "16 images in batches of 4: four steps");
+    for key in ["itc", "itm", "itg", "total"] {
+        assert!(steps[0]["losses"][key].as_f64().unwrap() > 0.0);
+    }
+    assert!(steps[3]["pairs_per_s"].as_f64().unwrap() > 0.0);
+    let done = lines.last().unwrap();
+    assert_eq!(done["event"], "done");
+    assert_eq!(done["steps"], 4);
+
+    // No encoder weights and no --train-vision/--vision-from: refused, naming the fix.
+    let bad = run(&[
+        "stage1",
+        "--data",
+        data.to_str().unwrap(),
+        "--init",
+        init.to_str().unwrap(),
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--vision-from"));
+    // A batch of one has no negatives.
+    let bad = run(&[
+        "stage1",
+        "--data",
+        data.to_str().unwrap(),
+        "--init",
+        init.to_str().unwrap(),
+        "--train-vision",
+        "--batch",
+        "1",
+        "--out",
+        tmp.path().join("y").to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("at least 2"));
+    // Missing data folder.
+    let bad = run(&[
+        "lm",
+        "--data",
+        tmp.path().join("nope").to_str().unwrap(),
+        "--init",
+        recipes().join("demo-opt").to_str().unwrap(),
+        "--out",
+        tmp.path().join("z").to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("nope"));
+}
+
+/// With every tensor a training variable, the model takes the differentiable route (composed
+/// LayerNorm, GELU and softmax instead of the fused kernels); it must compute what inference
+/// computes on the same checkpoint.
+#[test]
+fn the_differentiable_path_equals_inference_on_a_checkpoint() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/retrieval/small_a");
+    let dev = candle_core::Device::Cpu;
+    let folder = quarry::RetrievalFolder::open(&dir).unwrap();
+    let inference = folder.load(&Default::default()).unwrap();
+    let tensors = quarry::train::folders::read_tensors(&dir, "", &dev).unwrap();
+    let store = quarry::train::params::ParamStore::new(
+        tensors,
+        quarry::train::params::Trainable::prefixes(&[""]),
+        0,
+        &dev,
+    );
+    let temp = store
+        .extra_var("temp", &candle_core::Tensor::new(0.07f32, &dev).unwrap())
+        .unwrap();
+    let model =
+        quarry::train::stage1::Stage1Model::new(&folder.config, store.var_builder(), temp, 30522)
+            .unwrap();
+    let s = folder.preprocess.size as usize;
+    let pixels = candle_core::Tensor::randn(0f32, 1.0, (2, 3, s, s), &dev).unwrap();
+    let texts = folder
+        .tokenizer
+        .batch(&["a dog on a red sofa", "two cats"], None, &dev)
+        .unwrap();
+    let tokens = model.image_tokens(&pixels).unwrap();
+    assert!(
+        tokens.track_op(),
+        "the training model must record the graph"
+    );
+    let (img, txt) = model.itc_vectors(&tokens, &texts).unwrap();
+    let want_img = inference.embed_images(&pixels).unwrap();
+    let want_txt = inference.embed_texts(&texts).unwrap();
+    let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| -> f32 {
+        a.sub(b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    // Same formulas, different summation order (tensor ops vs fused passes).
+    assert!(
+        diff(&img, &want_img) < 1e-5,
+        "image {}",
+        diff(&img, &want_img)
+    );
+    assert!(
+        diff(&txt, &want_txt) < 1e-5,
+        "text {}",
+        diff(&txt, &want_txt)
+    );
+}
