@@ -7,8 +7,8 @@ use anyhow::{bail, Result};
 use candle_core::DType;
 use quarry::train::optim::AdamWSettings;
 use quarry::train::{
-    train_language_model, train_stage1, train_stage2, RunPaths, Stage1Options, Stage2Sources,
-    TrainEvent, TrainSettings, TrainSummary,
+    train_language_model, train_stage1, train_stage2, train_vision_encoder, RunPaths,
+    Stage1Options, Stage2Sources, TrainEvent, TrainSettings, TrainSummary,
 };
 
 /// Arguments of `train`.
@@ -26,6 +26,8 @@ enum Stage {
     Stage2(Stage2Args),
     /// Pre-train an OPT decoder alone on the captions (how the demo's language model is made).
     Lm(LmArgs),
+    /// Pre-train the image encoder on `quarry synth` scenes (per-patch colour and shape labels).
+    Vision(LmArgs),
 }
 
 /// Data, starting folder, output and optimisation flags shared by every stage.
@@ -310,6 +312,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
             };
             let summary =
                 train_stage2(&c.paths()?, &sources, &c.settings()?, &mut reporter(c.json))?;
+            Ok(finish(summary, c.json))
+        }
+        Stage::Vision(a) => {
+            let c = &a.common;
+            let summary = train_vision_encoder(&c.paths()?, &c.settings()?, &mut reporter(c.json))?;
             Ok(finish(summary, c.json))
         }
         Stage::Lm(a) => {

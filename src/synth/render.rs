@@ -29,6 +29,16 @@ pub fn render(scene: &Scene, size: u32, noise_seed: u64) -> RgbImage {
     img
 }
 
+/// The topmost object (the last drawn) covering the point (x, y) in [0, 1]² image
+/// coordinates, if any: what a patch of the image shows, for dense labels.
+pub fn object_at(objects: &[Object], x: f32, y: f32) -> Option<usize> {
+    objects.iter().enumerate().rev().find_map(|(i, o)| {
+        let u = (x - o.x) / o.radius;
+        let v = (y - o.y) / o.radius;
+        contains(o.shape, &outline(o.shape), u, v).then_some(i)
+    })
+}
+
 fn clamp_level(v: f32) -> u8 {
     v.round().clamp(0.0, 255.0) as u8
 }

@@ -18,12 +18,13 @@ pub mod params;
 mod run;
 pub mod stage1;
 pub mod stage2;
+pub mod vision;
 
 use std::path::PathBuf;
 
 pub use run::{
-    train_language_model, train_stage1, train_stage2, RunPaths, Stage1Options, Stage2Sources,
-    StepReport, TrainEvent, TrainSettings, TrainSummary,
+    train_language_model, train_stage1, train_stage2, train_vision_encoder, RunPaths,
+    Stage1Options, Stage2Sources, StepReport, TrainEvent, TrainSettings, TrainSummary,
 };
 
 /// Why a training run failed.

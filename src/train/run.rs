@@ -20,6 +20,7 @@ use super::optim::{AdamW, AdamWSettings, Schedule};
 use super::params::{ParamStore, Trainable};
 use super::stage1::{is_training_only, Stage1Model, QFORMER_PREFIXES, TEMP};
 use super::stage2::{OptLanguageModel, Stage2Model, STAGE2_PREFIXES};
+use super::vision::{read_patch_labels, PatchLabels, VisionPretrainModel, PATCH_HEADS};
 use super::TrainError;
 use crate::indexer::PreprocessSpec;
 use crate::model::opt::OptConfig;
@@ -299,9 +300,18 @@ pub fn train_stage1(
     }
     if let Some(v) = &options.vision_from {
         let vision = read_tensors(v, "", &device)?;
+        // A BLIP-2 folder names the encoder `vision_model.*`; a `Blip2VisionModel` folder (what
+        // `quarry train vision` writes) has the bare names.
+        let bare = !vision.keys().any(|k| k.starts_with("vision_model."));
         let n = vision
             .into_iter()
-            .filter(|(k, _)| k.starts_with("vision_model."))
+            .filter_map(|(k, t)| {
+                if bare {
+                    Some((format!("vision_model.{k}"), t))
+                } else {
+                    k.starts_with("vision_model.").then_some((k, t))
+                }
+            })
             .map(|(k, t)| source.insert(k, t))
             .count();
         if n == 0 {
@@ -370,6 +380,105 @@ fn check_batch(set: &TrainSet, settings: &TrainSettings) -> Result<(), TrainErro
         )));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The image encoder
+
+struct VisionJob {
+    model: VisionPretrainModel,
+    set: TrainSet,
+    pixels: Pixels,
+    labels: Vec<PatchLabels>,
+    settings: TrainSettings,
+    vision_config: serde_json::Value,
+    init: PathBuf,
+    out: PathBuf,
+}
+
+impl Job for VisionJob {
+    fn pairs_per_step(&self) -> usize {
+        self.settings.batch
+    }
+
+    fn steps_per_epoch(&self) -> usize {
+        self.set.steps_per_epoch(self.settings.batch)
+    }
+
+    fn losses(&self, step: usize) -> Result<Vec<(&'static str, Tensor)>, TrainError> {
+        let s = &self.settings;
+        let batch = self.set.batch(s.seed, s.batch, step);
+        let pixels = self.pixels.batch(&batch.images, &s.device)?;
+        let labels: Vec<&PatchLabels> = batch.images.iter().map(|&i| &self.labels[i]).collect();
+        let (colour, shape) = self.model.losses(&pixels, &labels)?;
+        Ok(vec![("colour", colour), ("shape", shape)])
+    }
+
+    fn write_model(&self, store: &ParamStore, dtype: DType) -> Result<(), TrainError> {
+        let tensors: BTreeMap<String, Tensor> = store
+            .all_tensors()
+            .into_iter()
+            .filter_map(|(n, t)| n.strip_prefix("vision_model.").map(|k| (k.to_string(), t)))
+            .collect();
+        let mut config = self.vision_config.clone();
+        config["model_type"] = serde_json::json!("blip_2_vision_model");
+        write_model_folder(
+            &self.out,
+            config,
+            "Blip2VisionModel",
+            &tensors,
+            dtype,
+            &[self.init.as_path()],
+        )
+    }
+}
+
+/// Pre-trains the image encoder described by `paths.init`'s `vision_config` on `quarry synth`
+/// scenes with per-patch colour and shape labels ([`super::vision`]), and writes it as a
+/// `Blip2VisionModel` folder, which `train_stage1` takes with `vision_from`.
+pub fn train_vision_encoder(
+    paths: &RunPaths,
+    settings: &TrainSettings,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainSummary, TrainError> {
+    let prepare = Instant::now();
+    let device = settings.device.clone();
+    let config_json = read_config(&paths.init)?;
+    let config = parse_blip2(&config_json, &paths.init)?;
+    config.validate()?;
+    let v = &config.vision_config;
+    let preprocess = read_preprocess(&paths.init, v.image_size)?;
+    let set = TrainSet::load(&paths.annotations, &paths.images)?;
+    check_batch(&set, settings)?;
+    let labels = read_patch_labels(&paths.annotations, v.patches_per_side())?;
+    if labels.len() != set.len() {
+        return Err(TrainError::Input(format!(
+            "{} lists {} scenes for {} images",
+            paths.annotations.display(),
+            labels.len(),
+            set.len()
+        )));
+    }
+    let source = read_tensors(&paths.init, "", &device)?;
+    let store = ParamStore::new(
+        source,
+        Trainable::prefixes(&["vision_model.", PATCH_HEADS]),
+        settings.seed,
+        &device,
+    );
+    let model = VisionPretrainModel::new(v, store.var_builder())?;
+    let pixels = Pixels::load(&set, &preprocess)?;
+    let job = VisionJob {
+        model,
+        set,
+        pixels,
+        labels,
+        settings: settings.clone(),
+        vision_config: config_json["vision_config"].clone(),
+        init: paths.init.clone(),
+        out: paths.out.clone(),
+    };
+    run_loop(&job, &store, settings, &paths.out, prepare, on_event)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,241 @@
+//! Pre-training the demo model's small image encoder on synthetic scenes, with dense labels.
+//!
+//! BLIP-2 assumes a frozen encoder that already sees (EVA-CLIP's ViT-g); no such small encoder
+//! can be downloaded where quarry is built, so quarry makes one. Joint training from scratch
+//! through the Q-Former's objectives was tried first and learned too slowly on a CPU (after 20k
+//! pairs, 2 % text→image R@1 on 200 held-out scenes), because every image gives one weak,
+//! contrastive signal. Synthetic scenes know what every pixel shows, so each patch token is
+//! taught instead to name the colour and shape under it (or the background colour): 64 labels
+//! per image, learned in minutes, and exactly the local evidence the Q-Former's queries need to
+//! assemble "a small red circle above a blue square". Positions, sizes and relations are left
+//! to the Q-Former, as in BLIP-2.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use super::losses::cross_entropy;
+use super::TrainError;
+use crate::model::config::VisionConfig;
+use crate::model::layers::Linear;
+use crate::model::vision::VisionModel;
+use crate::synth::render::object_at;
+use crate::synth::scene::{Background, Color, Object, Shape, Size};
+
+/// Colour classes: the object colours, then the background colours.
+pub const COLOUR_CLASSES: usize = Color::ALL.len() + Background::ALL.len();
+/// Shape classes: the shapes, then "background".
+pub const SHAPE_CLASSES: usize = Shape::ALL.len() + 1;
+/// Samples per patch side when deciding what a patch shows.
+const SAMPLES: usize = 3;
+
+#[derive(Deserialize)]
+struct EntryFacts {
+    image: String,
+    scene: Option<SceneFacts>,
+}
+
+#[derive(Deserialize)]
+struct SceneFacts {
+    background: String,
+    objects: Vec<ObjectFacts>,
+}
+
+#[derive(Deserialize)]
+struct ObjectFacts {
+    color: String,
+    shape: String,
+    x: f32,
+    y: f32,
+    radius: f32,
+}
+
+/// Per-patch targets of one image, row-major over the patch grid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchLabels {
+    /// Colour class of each patch (see [`COLOUR_CLASSES`]).
+    pub colour: Vec<u32>,
+    /// Shape class of each patch (see [`SHAPE_CLASSES`]).
+    pub shape: Vec<u32>,
+}
+
+fn find<T: Copy>(all: &[T], name: &str, name_of: impl Fn(T) -> &'static str) -> Option<u32> {
+    all.iter()
+        .position(|&c| name_of(c) == name)
+        .map(|i| i as u32)
+}
+
+/// The labels of a `grid`×`grid` patch grid for a scene: in each patch, what most of a 3×3
+/// sample of points shows (the topmost object, or the background).
+fn labels_of(scene: &SceneFacts, grid: usize) -> Result<PatchLabels, String> {
+    let bg = find(&Background::ALL, &scene.background, Background::name)
+        .ok_or_else(|| format!("unknown background {:?}", scene.background))?;
+    let mut objects = Vec::new();
+    let mut classes = Vec::new();
+    for o in &scene.objects {
+        let colour = find(&Color::ALL, &o.color, Color::name)
+            .ok_or_else(|| format!("unknown colour {:?}", o.color))?;
+        let shape_idx = find(&Shape::ALL, &o.shape, Shape::name)
+            .ok_or_else(|| format!("unknown shape {:?}", o.shape))?;
+        objects.push(Object {
+            color: Color::ALL[colour as usize],
+            shape: Shape::ALL[shape_idx as usize],
+            size: Size::Small,
+            x: o.x,
+            y: o.y,
+            radius: o.radius,
+            tint: [0; 3],
+        });
+        classes.push((colour, shape_idx));
+    }
+    let background = (Color::ALL.len() as u32 + bg, Shape::ALL.len() as u32);
+    let mut colour = Vec::with_capacity(grid * grid);
+    let mut shape = Vec::with_capacity(grid * grid);
+    for py in 0..grid {
+        for px in 0..grid {
+            let mut votes: HashMap<Option<usize>, usize> = HashMap::new();
+            for sy in 0..SAMPLES {
+                for sx in 0..SAMPLES {
+                    let x = (px as f32 + (sx as f32 + 0.5) / SAMPLES as f32) / grid as f32;
+                    let y = (py as f32 + (sy as f32 + 0.5) / SAMPLES as f32) / grid as f32;
+                    *votes.entry(object_at(&objects, x, y)).or_default() += 1;
+                }
+            }
+            let winner = votes
+                .into_iter()
+                .max_by_key(|(k, n)| (*n, k.map_or(0, |i| i + 1)))
+                .and_then(|(k, _)| k);
+            let (c, s) = winner.map_or(background, |i| classes[i]);
+            colour.push(c);
+            shape.push(s);
+        }
+    }
+    Ok(PatchLabels { colour, shape })
+}
+
+/// Patch labels for each image of a `quarry synth` annotation file, in file order.
+pub fn read_patch_labels(annotations: &Path, grid: usize) -> Result<Vec<PatchLabels>, TrainError> {
+    let bytes = std::fs::read(annotations).map_err(|source| TrainError::Io {
+        path: annotations.to_path_buf(),
+        source,
+    })?;
+    let entries: Vec<EntryFacts> = serde_json::from_slice(&bytes).map_err(|e| {
+        TrainError::Input(format!(
+            "{}: encoder pre-training needs a `quarry synth` annotation file ({e})",
+            annotations.display()
+        ))
+    })?;
+    let mut seen = std::collections::HashSet::new();
+    entries
+        .iter()
+        .filter(|e| seen.insert(e.image.clone()))
+        .map(|e| {
+            let scene = e.scene.as_ref().ok_or_else(|| {
+                TrainError::Input(format!(
+                    "{}: {} has no `scene` facts; encoder pre-training needs `quarry synth` data",
+                    annotations.display(),
+                    e.image
+                ))
+            })?;
+            labels_of(scene, grid).map_err(|m| {
+                TrainError::Input(format!("{}: {}: {m}", annotations.display(), e.image))
+            })
+        })
+        .collect()
+}
+
+/// The image encoder with two linear heads on its patch tokens.
+#[derive(Debug, Clone)]
+pub struct VisionPretrainModel {
+    vision: VisionModel,
+    colour_head: Linear,
+    shape_head: Linear,
+}
+
+/// Prefix of the (training-only) patch heads.
+pub const PATCH_HEADS: &str = "patch_heads.";
+
+impl VisionPretrainModel {
+    /// Builds the encoder (`vision_model.*`) and the heads (`patch_heads.*`).
+    pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            vision: VisionModel::new(cfg, vb.pp("vision_model"))?,
+            colour_head: Linear::new(h, COLOUR_CLASSES, vb.pp("patch_heads.colour"))?,
+            shape_head: Linear::new(h, SHAPE_CLASSES, vb.pp("patch_heads.shape"))?,
+        })
+    }
+
+    /// The colour and shape losses of pixels [B, 3, S, S] against their patch labels.
+    pub fn losses(
+        &self,
+        pixels: &Tensor,
+        labels: &[&PatchLabels],
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let tokens = self.vision.forward(pixels)?;
+        let (b, t, h) = tokens.dims3()?;
+        let patches = tokens.narrow(1, 1, t - 1)?.reshape((b * (t - 1), h))?;
+        let colour: Vec<Option<u32>> = labels
+            .iter()
+            .flat_map(|l| l.colour.iter().map(|&c| Some(c)))
+            .collect();
+        let shape: Vec<Option<u32>> = labels
+            .iter()
+            .flat_map(|l| l.shape.iter().map(|&c| Some(c)))
+            .collect();
+        if colour.len() != b * (t - 1) {
+            candle_core::bail!(
+                "{} patch labels for {} patch tokens: the grid does not match the encoder",
+                colour.len(),
+                b * (t - 1)
+            );
+        }
+        let c = cross_entropy(&self.colour_head.forward(&patches)?, &colour, 0.0)?;
+        let s = cross_entropy(&self.shape_head.forward(&patches)?, &shape, 0.0)?;
+        Ok((c, s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patches_name_the_object_under_them_or_the_background() {
+        // A red circle of radius 0.25 at the centre of a beige image, on a 4×4 grid: the four
+        // central patches are fully inside it, the corners are background.
+        let scene = SceneFacts {
+            background: "beige".into(),
+            objects: vec![ObjectFacts {
+                color: "red".into(),
+                shape: "circle".into(),
+                x: 0.5,
+                y: 0.5,
+                radius: 0.3,
+            }],
+        };
+        let l = labels_of(&scene, 4).unwrap();
+        let red = find(&Color::ALL, "red", Color::name).unwrap();
+        let circle = find(&Shape::ALL, "circle", Shape::name).unwrap();
+        let beige =
+            Color::ALL.len() as u32 + find(&Background::ALL, "beige", Background::name).unwrap();
+        for i in [5, 6, 9, 10] {
+            assert_eq!((l.colour[i], l.shape[i]), (red, circle), "patch {i}");
+        }
+        for i in [0, 3, 12, 15] {
+            assert_eq!(
+                (l.colour[i], l.shape[i]),
+                (beige, Shape::ALL.len() as u32),
+                "patch {i}"
+            );
+        }
+        let bad = SceneFacts {
+            background: "plaid".into(),
+            objects: vec![],
+        };
+        assert!(labels_of(&bad, 4).is_err());
+    }
+}
