@@ -18,7 +18,9 @@
 //!    when both checkpoints carry the same one ([`model::shared_vision`]).
 
 pub mod ann;
+pub mod cache_dir;
 pub mod checkpoint;
+pub mod demo_models;
 pub mod device;
 pub mod error;
 pub mod eval;
