@@ -8,6 +8,7 @@
 //! same folder feeds `quarry eval`, `quarry train` and `quarry index`. A seed fully determines
 //! the output, on every machine.
 
+pub mod caption_check;
 mod render;
 mod rng;
 pub mod scene;
