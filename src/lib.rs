@@ -16,9 +16,14 @@
 //!    precedes `</s>` and an optional prompt; [`model::generate`] decodes greedily or with beam
 //!    search exactly as transformers does. The ViT trunk is shared with the retrieval model
 //!    when both checkpoints carry the same one ([`model::shared_vision`]).
+//!
+//! Without a downloaded checkpoint, [`demo_models`] supplies small built-in models (unpacked
+//! into [`cache_dir::cache_dir`]) that every command uses by default.
 
 pub mod ann;
+pub mod cache_dir;
 pub mod checkpoint;
+pub mod demo_models;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -7,14 +7,15 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use quarry::{CaptionFolder, CaptionPrecision, GenerationSettings};
 
-use super::model_args::{pixel_batch, Precision};
+use super::model_args::{caption_dir, pixel_batch, Precision};
 
 /// Arguments of `caption`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Captioning model folder as downloaded from the hub (e.g. Salesforce/blip2-opt-2.7b).
+    /// Captioning model folder as downloaded from the hub (e.g. Salesforce/blip2-opt-2.7b)
+    /// [default: the built-in demo captioner].
     #[arg(long, value_name = "DIR")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// One JSON object per line: {"path": ..., "caption": ..., "token_ids": [...]}.
     #[arg(long)]
     json: bool,
@@ -58,7 +59,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let device = quarry::device::parse_device(&args.device)?;
-    let folder = CaptionFolder::open(&args.model)?;
+    let dir = caption_dir(args.model.as_deref(), "--model")?;
+    let folder = CaptionFolder::open(&dir)?;
     let prompt = folder.encode_prompt(&args.prompt)?;
     let settings = GenerationSettings {
         num_beams: args.num_beams,
@@ -77,7 +79,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let model = folder
         .load(&device, precision)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+        .with_context(|| format!("loading {}", dir.display()))?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failed = 0;

@@ -147,13 +147,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // Fail on a wrong image folder before the (slow) model load.
     annotations.check_images(&args.images)?;
     let device = quarry::device::parse_device(&args.model.device)?;
-    let folder = RetrievalFolder::open(&args.model.model)?;
+    let dir = args.model.dir()?;
+    let folder = RetrievalFolder::open(&dir)?;
     let options = LoadOptions {
         device,
         vision_dtype: args.model.vision_dtype.into(),
     };
-    let evaluator = Evaluator::load(folder, &options)
-        .with_context(|| format!("loading {}", args.model.model.display()))?;
+    let evaluator =
+        Evaluator::load(folder, &options).with_context(|| format!("loading {}", dir.display()))?;
     let settings = EvalSettings {
         k_test: args.k_test,
         itc_only: args.itc_only,

@@ -1,7 +1,7 @@
 //! `quarry index`: add a photo library to a store, or bring the store up to date with it.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -9,11 +9,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use quarry::indexer::WalkOptions;
 use quarry::indexing::{
     index_paths, model_identity, CaptionSettings, IndexEvent, IndexModels, IndexOptions,
+    IndexSummary,
 };
 use quarry::library::Library;
 use quarry::LoadOptions;
 
-use super::model_args::Precision;
+use super::model_args::{open_library, store_models, Precision};
 
 /// Arguments of `index`.
 #[derive(Debug, clap::Args)]
@@ -24,11 +25,13 @@ pub struct Args {
     /// Store folder (created if missing).
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
-    /// Retrieval model folder as downloaded from the hub (e.g. Salesforce/blip2-itm-vit-g).
+    /// Retrieval model folder as downloaded from the hub (e.g. Salesforce/blip2-itm-vit-g)
+    /// [default: the built-in demo model].
     #[arg(long, value_name = "DIR")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Captioning model folder (e.g. Salesforce/blip2-opt-2.7b): captions every image for
-    /// word search and image → text.
+    /// word search and image → text [default: none; the built-in demo captioner when
+    /// --model is not given either].
     #[arg(long, value_name = "DIR")]
     caption_model: Option<PathBuf>,
     /// Skip files and folders matching this glob (repeatable), e.g. '**/Thumbnails/**'.
@@ -75,19 +78,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .min(args.caption_max_tokens),
         ..CaptionSettings::default()
     };
+    let dirs = store_models(args.model.as_deref(), args.caption_model.as_deref())?;
     let models = IndexModels::load(
-        &args.model,
-        args.caption_model.as_deref(),
+        &dirs.retrieval,
+        dirs.caption.as_deref(),
         &options,
         &caption_settings,
     )
     .context("loading the models")?;
     let identity = model_identity(&models);
-    let mut library = Library::open(&args.store, &identity)?;
+    let mut library = open_library(&args.store, &identity, &dirs)?;
     if let Some(setting) = &args.feature_cache {
         library.store().set_feature_cache(setting == "on")?;
     }
-    let keep_features = library.store().feature_cache_enabled();
     let index_options = IndexOptions {
         walk: WalkOptions {
             excludes: args.exclude.clone(),
@@ -96,10 +99,32 @@ pub fn run(args: Args) -> Result<ExitCode> {
         batch_size: args.batch,
         ..IndexOptions::default()
     };
+    index_and_report(
+        &mut library,
+        &models,
+        &args.paths,
+        &index_options,
+        &args.store,
+        args.json,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
 
+/// Indexes `paths` with a progress bar on stderr (hidden with `json`), then prints what
+/// `quarry index` prints: with `json` one line per committed batch and a summary object,
+/// otherwise two readable lines. Shared with `quarry demo`.
+pub(super) fn index_and_report(
+    library: &mut Library,
+    models: &IndexModels,
+    paths: &[PathBuf],
+    index_options: &IndexOptions,
+    store: &Path,
+    json: bool,
+) -> Result<IndexSummary> {
+    let keep_features = library.store().feature_cache_enabled();
     let bar = ProgressBar::with_draw_target(
         None,
-        if args.json {
+        if json {
             ProgressDrawTarget::hidden()
         } else {
             ProgressDrawTarget::stderr()
@@ -112,7 +137,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .expect("valid template"),
     );
     let stdout = std::io::stdout();
-    let json = args.json;
     let mut write_error = None;
     let mut on_event = |event: IndexEvent<'_>| match event {
         IndexEvent::Planned(plan) => {
@@ -146,10 +170,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     };
     let summary = index_paths(
-        &mut library,
-        &models,
-        &args.paths,
-        &index_options,
+        library,
+        models,
+        paths,
+        index_options,
         keep_features,
         &mut on_event,
     )?;
@@ -159,7 +183,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let counts = library.counts()?;
     let mut out = stdout.lock();
-    if args.json {
+    if json {
         let mut line = serde_json::to_value(&summary)?;
         line["event"] = "summary".into();
         line["model_busy_fraction"] = summary.model_busy_fraction().into();
@@ -187,12 +211,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         writeln!(
             out,
             "store {}: {} images, {} captions, {} texts, {} failed",
-            args.store.display(),
+            store.display(),
             counts.images,
             counts.captions,
             counts.texts,
             counts.failed
         )?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(summary)
 }

@@ -2,9 +2,11 @@
 //! outside the repository: keep names and keys as they are.
 
 mod caption;
+mod demo;
 mod embed_image;
 mod embed_text;
 mod eval;
+mod eval_captions;
 mod index;
 mod match_pair;
 mod model_args;
@@ -28,6 +30,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Try quarry with no download: generate sample scenes, index and caption them with the
+    /// built-in demo models, and serve the search page.
+    Demo(demo::Args),
     /// Embed images: 32 (num_query_tokens) unit vectors per image, the ITC image side.
     EmbedImage(embed_image::Args),
     /// Embed texts: one unit vector per text, the ITC text side.
@@ -50,6 +55,8 @@ enum Command {
     Eval(eval::Args),
     /// Train BLIP-2: stage 1 (Q-Former), stage 2 (Q-Former into OPT), or an OPT on captions.
     Train(train::Args),
+    /// Caption accuracy on synthetic scenes (`quarry synth` output): colours, shapes, objects.
+    EvalCaptions(eval_captions::Args),
 }
 
 /// Runs the command line; errors are printed with their causes and give exit code 1 (bad
@@ -67,6 +74,8 @@ pub fn run() -> ExitCode {
         Command::Remove(a) => remove::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Train(a) => train::run(a),
+        Command::EvalCaptions(a) => eval_captions::run(a),
+        Command::Demo(a) => demo::run(a),
 
         Command::Serve(a) => serve::run(a),
     };

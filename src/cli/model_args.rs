@@ -1,10 +1,15 @@
-//! Flags shared by every command that runs the model.
+//! Flags shared by every command that runs the model, and where models come from when no
+//! `--model` is given: the built-in demo models ([`quarry::demo_models`]), announced with one
+//! line on stderr so nobody mistakes their scores for a real checkpoint's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use quarry::demo_models::{demo_captioner_dir, demo_retrieval_dir};
 use quarry::indexer::{preprocess_file, DecodeLimits, PreprocessError, PreprocessSpec};
+use quarry::library::{Library, LibraryError};
+use quarry::store::{ModelIdentity, StoreError};
 use quarry::{LoadOptions, RetrievalFolder, Retriever};
 
 /// Precision names accepted by `--vision-dtype`.
@@ -31,9 +36,10 @@ impl From<Precision> for DType {
 /// `--model`, `--device`, `--vision-dtype`.
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
-    /// Model folder as downloaded from the hub (e.g. Salesforce/blip2-itm-vit-g).
+    /// Model folder as downloaded from the hub (e.g. Salesforce/blip2-itm-vit-g)
+    /// [default: the built-in demo model].
     #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Where the model runs: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: String,
@@ -50,17 +56,23 @@ pub struct Loaded {
 }
 
 impl ModelArgs {
+    /// The model folder: `--model`, or the demo model (announced on stderr).
+    pub fn dir(&self) -> Result<PathBuf> {
+        retrieval_dir(self.model.as_deref())
+    }
+
     /// Opens the folder and loads the weights.
     pub fn load(&self) -> Result<Loaded> {
         let device = quarry::device::parse_device(&self.device)?;
-        let folder = RetrievalFolder::open(&self.model)?;
+        let dir = self.dir()?;
+        let folder = RetrievalFolder::open(&dir)?;
         let options = LoadOptions {
             device: device.clone(),
             vision_dtype: self.vision_dtype.into(),
         };
         let model = folder
             .load(&options)
-            .with_context(|| format!("loading {}", self.model.display()))?;
+            .with_context(|| format!("loading {}", dir.display()))?;
         Ok(Loaded {
             folder,
             model,
@@ -95,4 +107,101 @@ pub fn pixel_batch(
         Some(Tensor::from_vec(data, (good.len(), 3, s, s), device)?)
     };
     Ok((good, tensor, errors))
+}
+
+/// Where the one-line notes about default models point users.
+const REAL_RETRIEVAL: &str = "Salesforce/blip2-itm-vit-g";
+const REAL_CAPTIONER: &str = "Salesforce/blip2-opt-2.7b";
+
+/// The retrieval model folder: the given one, or the demo model with a note on stderr.
+pub fn retrieval_dir(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir.to_path_buf());
+    }
+    let dir = demo_retrieval_dir()?;
+    eprintln!(
+        "note: no --model given: using the built-in demo retrieval model ({}); pass --model DIR \
+         for a real checkpoint such as {REAL_RETRIEVAL}",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// The captioning model folder: the given one, or the demo captioner with a note on stderr
+/// naming `flag`, the command's flag for it.
+pub fn caption_dir(given: Option<&Path>, flag: &str) -> Result<PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir.to_path_buf());
+    }
+    let dir = demo_captioner_dir()?;
+    eprintln!(
+        "note: no {flag} given: using the built-in demo captioner ({}); pass {flag} DIR for a \
+         real checkpoint such as {REAL_CAPTIONER}",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// The models of a command that indexes or serves a store.
+#[derive(Debug)]
+pub struct StoreModels {
+    /// Retrieval model folder.
+    pub retrieval: PathBuf,
+    /// Captioning model folder, if captions are made.
+    pub caption: Option<PathBuf>,
+    /// Whether the retrieval model is the built-in demo model (no `--model` given).
+    pub retrieval_is_demo: bool,
+}
+
+/// `index` and `serve`: `--model` defaults to the demo model; `--caption-model` stays
+/// optional, except that with neither flag (pure defaults) the demo captioner is used too, so
+/// `quarry index DIR --store S` gives captions out of the box.
+pub fn store_models(model: Option<&Path>, caption_model: Option<&Path>) -> Result<StoreModels> {
+    match (model, caption_model) {
+        (None, None) => {
+            let retrieval = demo_retrieval_dir()?;
+            let caption = demo_captioner_dir()?;
+            eprintln!(
+                "note: no --model given: using the built-in demo retrieval model and captioner \
+                 ({} and {}); pass --model DIR (and --caption-model DIR) for real checkpoints \
+                 such as {REAL_RETRIEVAL}",
+                retrieval.display(),
+                caption.display()
+            );
+            Ok(StoreModels {
+                retrieval,
+                caption: Some(caption),
+                retrieval_is_demo: true,
+            })
+        }
+        (model, caption) => Ok(StoreModels {
+            retrieval: retrieval_dir(model)?,
+            caption: caption.map(Path::to_path_buf),
+            retrieval_is_demo: model.is_none(),
+        }),
+    }
+}
+
+/// Opens a store for these models; when the store was made with other models and the demo
+/// model was chosen by default, the error says so first (the store's own message follows).
+pub fn open_library(
+    store: &Path,
+    identity: &ModelIdentity,
+    models: &StoreModels,
+) -> Result<Library> {
+    match Library::open(store, identity) {
+        Ok(library) => Ok(library),
+        Err(e @ LibraryError::Store(StoreError::ModelMismatch { .. }))
+            if models.retrieval_is_demo =>
+        {
+            Err(anyhow::Error::new(e).context(format!(
+                "no --model was given, so the built-in demo model was used, but {} was indexed \
+                 with other models: pass --model DIR (and --caption-model DIR) with the models \
+                 the store was made with (`quarry status --store {}` names them)",
+                store.display(),
+                store.display()
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -1,18 +1,19 @@
 //! `quarry serve`: the HTTP API and web page over one store.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use candle_core::Device;
 use quarry::indexing::{model_identity, CaptionSettings, IndexModels};
 use quarry::library::Library;
 use quarry::search::SearchSettings;
 use quarry::server::{AppState, Limits, ServerConfig};
 use quarry::LoadOptions;
 
-use super::model_args::Precision;
+use super::model_args::{open_library, store_models, Precision};
 
 /// Arguments of `serve`.
 #[derive(Debug, clap::Args)]
@@ -20,15 +21,30 @@ pub struct Args {
     /// Store folder (created if missing).
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
-    /// Retrieval model folder (the one the store was indexed with).
+    /// Retrieval model folder (the one the store was indexed with) [default: the built-in
+    /// demo model].
     #[arg(long, value_name = "DIR")]
-    model: PathBuf,
-    /// Captioning model folder, used by indexing jobs started from the server.
+    model: Option<PathBuf>,
+    /// Captioning model folder, used by indexing jobs started from the server [default: none;
+    /// the built-in demo captioner when --model is not given either].
     #[arg(long, value_name = "DIR")]
     caption_model: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerFlags,
+    /// Where the models run: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: String,
+    /// Precision of the image encoder.
+    #[arg(long, value_enum, default_value = "f32")]
+    vision_dtype: Precision,
+}
+
+/// The server's flags, shared by `serve` and `demo`.
+#[derive(Debug, clap::Args)]
+pub struct ServerFlags {
     /// Address to listen on. Loopback by default: anything else exposes the photo library.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
-    bind: SocketAddr,
+    pub bind: SocketAddr,
     /// Token that writes and indexing jobs must send as `Authorization: Bearer <token>`.
     #[arg(long, value_name = "T")]
     token: Option<String>,
@@ -48,33 +64,67 @@ pub struct Args {
     /// Largest uploaded image, in MiB.
     #[arg(long, default_value_t = 20, value_name = "MIB")]
     max_upload_mib: usize,
-    /// Where the models run: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    device: String,
-    /// Precision of the image encoder.
-    #[arg(long, value_enum, default_value = "f32")]
-    vision_dtype: Precision,
+}
+
+impl ServerFlags {
+    /// Checks the flags before anything slow happens: the numbers are in range and the
+    /// address can be listened on (a port in use is the usual first-run problem).
+    pub fn check(&self) -> Result<()> {
+        if !(0.0..=3600.0).contains(&self.busy_wait) {
+            anyhow::bail!("--busy-wait must be between 0 and 3600 seconds");
+        }
+        TcpListener::bind(self.bind).map_err(|e| bind_error(self.bind, e))?;
+        Ok(())
+    }
+}
+
+/// A clear message for an address that cannot be listened on.
+fn bind_error(bind: SocketAddr, e: std::io::Error) -> anyhow::Error {
+    let next = SocketAddr::new(bind.ip(), bind.port().wrapping_add(1).max(1024));
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "{bind} is already in use (another quarry serve or demo, or another program): stop \
+             it or pass --bind with a free port, e.g. --bind {next}"
+        ),
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "not allowed to listen on {bind} (ports below 1024 need privileges): pass --bind \
+             with another port, e.g. --bind {}",
+            SocketAddr::new(bind.ip(), 8080)
+        ),
+        _ => anyhow::Error::new(e).context(format!("cannot listen on {bind}")),
+    }
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    if !(0.0..=3600.0).contains(&args.busy_wait) {
-        anyhow::bail!("--busy-wait must be between 0 and 3600 seconds");
-    }
+    args.server.check()?;
     let device = quarry::device::parse_device(&args.device)?;
     let options = LoadOptions {
         device: device.clone(),
         vision_dtype: args.vision_dtype.into(),
     };
+    let dirs = store_models(args.model.as_deref(), args.caption_model.as_deref())?;
     let models = IndexModels::load(
-        &args.model,
-        args.caption_model.as_deref(),
+        &dirs.retrieval,
+        dirs.caption.as_deref(),
         &options,
         &CaptionSettings::default(),
     )
     .context("loading the models")?;
-    let library = Library::open(&args.store, &model_identity(&models))?;
-    let mut search = SearchSettings::for_device(&device);
-    if let Some(n) = args.rerank {
+    let library = open_library(&args.store, &model_identity(&models), &dirs)?;
+    serve(library, models, &device, args.server, &args.store)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves `library` until Ctrl-C or SIGTERM, as `quarry serve` does. Shared with `quarry demo`.
+pub(super) fn serve(
+    library: Library,
+    models: IndexModels,
+    device: &Device,
+    flags: ServerFlags,
+    store: &Path,
+) -> Result<()> {
+    let mut search = SearchSettings::for_device(device);
+    if let Some(n) = flags.rerank {
         anyhow::ensure!(
             n <= search.max_rerank,
             "--rerank {n} is above the limit of {}",
@@ -83,31 +133,40 @@ pub fn run(args: Args) -> Result<ExitCode> {
         search.rerank_default = n;
     }
     let config = ServerConfig {
-        bind: args.bind,
-        token: args.token.filter(|t| !t.is_empty()),
-        workers: args.workers,
-        model_permits: args.model_slots,
-        busy_wait: Duration::from_secs_f64(args.busy_wait),
+        bind: flags.bind,
+        token: flags.token.filter(|t| !t.is_empty()),
+        workers: flags.workers,
+        model_permits: flags.model_slots,
+        busy_wait: Duration::from_secs_f64(flags.busy_wait),
         search,
         limits: Limits {
-            max_upload_bytes: args.max_upload_mib.max(1) << 20,
+            max_upload_bytes: flags.max_upload_mib.max(1) << 20,
             ..Limits::default()
         },
     };
-    if !args.bind.ip().is_loopback() && config.token.is_none() {
+    if !flags.bind.ip().is_loopback() && config.token.is_none() {
         eprintln!(
             "warning: listening on {} without --token: anyone who can reach it can add texts \
              and start indexing jobs",
-            args.bind
+            flags.bind
         );
     }
     let state = AppState::new(library, models, &config);
     eprintln!(
         "quarry serving {} on http://{}/",
-        args.store.display(),
-        args.bind
+        store.display(),
+        flags.bind
     );
-    quarry::server::run(state, &config).context("running the server")?;
+    quarry::server::run(state, &config).map_err(|e| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+        ) {
+            bind_error(flags.bind, e)
+        } else {
+            anyhow::Error::new(e).context("running the server")
+        }
+    })?;
     eprintln!("quarry stopped; store checkpointed");
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -355,19 +355,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
     })
 }
 
-/// The default cache root: `$QUARRY_CACHE_DIR`, else `$XDG_CACHE_HOME/quarry/eval`, else
-/// `~/.cache/quarry/eval`, else `.quarry-cache/eval` in the working directory.
+/// The default cache root: `eval` in quarry's cache folder ([`crate::cache_dir::cache_dir`]:
+/// `$QUARRY_CACHE_DIR`, `$XDG_CACHE_HOME/quarry`, `~/.cache/quarry` or the temporary folder).
 pub fn default_cache_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("QUARRY_CACHE_DIR") {
-        return PathBuf::from(dir).join("eval");
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("quarry/eval");
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        return PathBuf::from(home).join(".cache/quarry/eval");
-    }
-    PathBuf::from(".quarry-cache/eval")
+    crate::cache_dir::cache_dir().join("eval")
 }
 
 #[cfg(test)]

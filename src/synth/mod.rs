@@ -8,6 +8,7 @@
 //! same folder feeds `quarry eval`, `quarry train` and `quarry index`. A seed fully determines
 //! the output, on every machine.
 
+pub mod caption_check;
 pub mod render;
 pub mod rng;
 pub mod scene;

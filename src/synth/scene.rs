@@ -6,12 +6,12 @@
 //! binding). Positions are sampled so that every spatial word in a caption is true by a clear
 //! margin.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::rng::SplitMix64;
 
 /// A named colour an object can have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Color {
     /// Red.
@@ -75,7 +75,7 @@ impl Color {
 }
 
 /// A named background.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Background {
     /// Near-white.
@@ -130,7 +130,7 @@ impl Background {
 }
 
 /// An object's outline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Shape {
     /// A disc.
@@ -172,7 +172,7 @@ impl Shape {
 }
 
 /// Small or large; the radius ranges do not overlap, so the word is always visibly true.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Size {
     /// Radius 7–10 % of the image side.

@@ -2,6 +2,7 @@
 
 mod captioning;
 mod cli;
+mod demo;
 mod eval;
 mod folder_errors;
 mod indexing;
