@@ -67,7 +67,9 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.bench_function("stage1_step_batch32", |b| {
         b.iter(|| {
-            let l = model.losses(&tokens, &ids, &groups, &mut rng).unwrap();
+            let l = model
+                .losses(&tokens, &ids, &groups, &mut rng, Default::default())
+                .unwrap();
             let grads = l.total().unwrap().backward().unwrap();
             opt.update(&grads, 1e-4).unwrap();
         })

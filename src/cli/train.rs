@@ -118,6 +118,17 @@ struct Stage1Args {
     /// Initialise the Q-Former from BERT weights (a folder with model.safetensors).
     #[arg(long, value_name = "DIR")]
     bert: Option<PathBuf>,
+    /// Objectives, comma-separated: itc always; itm and itg as BLIP-2 (default all three).
+    /// `--objectives itc` first aligns a Q-Former that starts from nothing much sooner.
+    #[arg(long, value_delimiter = ',', default_value = "itc,itm,itg")]
+    objectives: Vec<Objective>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Objective {
+    Itc,
+    Itm,
+    Itg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -299,6 +310,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 vision_from: a.vision_from.clone(),
                 train_vision: a.train_vision,
                 bert_init: a.bert.clone(),
+                objectives: quarry::train::stage1::Objectives {
+                    itm: a.objectives.contains(&Objective::Itm),
+                    itg: a.objectives.contains(&Objective::Itg),
+                },
             };
             let summary =
                 train_stage1(&c.paths()?, &options, &c.settings()?, &mut reporter(c.json))?;

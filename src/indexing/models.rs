@@ -27,7 +27,9 @@ pub struct CaptionSettings {
     pub num_beams: usize,
     /// Most new tokens.
     pub max_new_tokens: usize,
-    /// Fewest new tokens.
+    /// Fewest new tokens (default 1, LAVIS's `generate` default: a short scene such as
+    /// "three purple diamonds" must be able to end where it ends; LAVIS's COCO evaluation
+    /// raises it to 8 for COCO's longer captions).
     pub min_new_tokens: usize,
     /// Text the caption continues ("" = none, as BLIP-2 captions).
     pub prompt: String,
@@ -40,7 +42,7 @@ impl Default for CaptionSettings {
         Self {
             num_beams: 1,
             max_new_tokens: 30,
-            min_new_tokens: 5,
+            min_new_tokens: 1,
             prompt: String::new(),
             precision: CaptionPrecision::default(),
         }

@@ -18,7 +18,7 @@ use super::data::{step_rng, Pixels, TrainSet};
 use super::folders::{read_config, read_tensors, write_model_folder, write_safetensors};
 use super::optim::{AdamW, AdamWSettings, Schedule};
 use super::params::{ParamStore, Trainable};
-use super::stage1::{is_training_only, Stage1Model, QFORMER_PREFIXES, TEMP};
+use super::stage1::{is_training_only, Objectives, Stage1Model, QFORMER_PREFIXES, TEMP};
 use super::stage2::{OptLanguageModel, Stage2Model, STAGE2_PREFIXES};
 use super::vision::{read_patch_labels, PatchLabels, VisionPretrainModel, PATCH_HEADS};
 use super::TrainError;
@@ -206,10 +206,13 @@ pub struct Stage1Options {
     pub train_vision: bool,
     /// Initialise the Q-Former from BERT weights in this folder (cross-attention fresh).
     pub bert_init: Option<PathBuf>,
+    /// Objectives besides ITC (default: ITM and ITG, as BLIP-2).
+    pub objectives: Objectives,
 }
 
 struct Stage1Job {
     model: Stage1Model,
+    objectives: Objectives,
     set: TrainSet,
     pixels: Pixels,
     features: Option<FrozenFeatures>,
@@ -241,8 +244,13 @@ impl Job for Stage1Job {
         let ids = self.tokenizer.encode(&texts)?;
         let groups: Vec<u64> = batch.captions.iter().map(|c| text_group(c)).collect();
         let mut rng = step_rng(s.seed ^ 0x17a1, step);
-        let l = self.model.losses(&tokens, &ids, &groups, &mut rng)?;
-        Ok(vec![("itc", l.itc), ("itm", l.itm), ("itg", l.itg)])
+        let l = self
+            .model
+            .losses(&tokens, &ids, &groups, &mut rng, self.objectives)?;
+        let mut out = vec![("itc", l.itc)];
+        out.extend(l.itm.map(|t| ("itm", t)));
+        out.extend(l.itg.map(|t| ("itg", t)));
+        Ok(out)
     }
 
     fn write_model(&self, store: &ParamStore, dtype: DType) -> Result<(), TrainError> {
@@ -355,6 +363,7 @@ pub fn train_stage1(
     };
     let job = Stage1Job {
         model,
+        objectives: options.objectives,
         set,
         pixels,
         features,

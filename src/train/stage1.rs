@@ -96,21 +96,46 @@ pub struct Stage1Model {
     pad_token: u32,
 }
 
+/// Which objectives a step computes besides ITC (which ITM's hard negatives need anyway).
+/// BLIP-2 trains all three; a Q-Former that starts from nothing (no BERT weights) aligns the two
+/// modalities far sooner with ITC alone first, because ITG's large language-modelling gradient
+/// otherwise dominates the shared layers for the first thousands of steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Objectives {
+    /// Image–text matching.
+    pub itm: bool,
+    /// Image-grounded text generation.
+    pub itg: bool,
+}
+
+impl Default for Objectives {
+    fn default() -> Self {
+        Self {
+            itm: true,
+            itg: true,
+        }
+    }
+}
+
 /// One step's losses (scalars, still attached to the graph).
 #[derive(Debug, Clone)]
 pub struct Stage1Losses {
     /// Image–text contrastive.
     pub itc: Tensor,
-    /// Image–text matching.
-    pub itm: Tensor,
-    /// Image-grounded text generation.
-    pub itg: Tensor,
+    /// Image–text matching, when computed.
+    pub itm: Option<Tensor>,
+    /// Image-grounded text generation, when computed.
+    pub itg: Option<Tensor>,
 }
 
 impl Stage1Losses {
     /// The sum that is minimised.
     pub fn total(&self) -> candle_core::Result<Tensor> {
-        (&self.itc + &self.itm)? + &self.itg
+        let mut t = self.itc.clone();
+        for l in [&self.itm, &self.itg].into_iter().flatten() {
+            t = (t + l)?;
+        }
+        Ok(t)
     }
 }
 
@@ -174,6 +199,7 @@ impl Stage1Model {
         texts: &[Vec<u32>],
         groups: &[u64],
         rng: &mut SplitMix64,
+        objectives: Objectives,
     ) -> crate::Result<Stage1Losses> {
         let b = texts.len();
         if b < 2 || image_tokens.dim(0)? != b || groups.len() != b {
@@ -198,10 +224,7 @@ impl Stage1Model {
             .iter()
             .map(|t| (0..longest).map(|i| u32::from(i < t.len())).collect())
             .collect();
-        let ids_tensor = |rows: &[Vec<u32>]| -> candle_core::Result<Tensor> {
-            let flat: Vec<u32> = rows.iter().flatten().copied().collect();
-            Tensor::from_vec(flat, (rows.len(), longest), device)
-        };
+        let ids_tensor = |rows: &[Vec<u32>]| ids_tensor(rows, device);
         let memory = self.queries.qformer.image_memory(image_tokens)?;
 
         // ITC: unimodal mask, one pass gives both sides.
@@ -216,6 +239,33 @@ impl Stage1Model {
             .heads
             .text_embedding(&hidden.narrow(1, nq, 1)?.squeeze(1)?)?;
         let (itc, sim) = itc_loss(&image_feats, &text_feats, &self.temp, groups)?;
+        let itm = if objectives.itm {
+            Some(self.itm_loss(&sim, &ids, &masks, &memory, groups, rng)?)
+        } else {
+            None
+        };
+        let itg = if objectives.itg {
+            Some(self.itg_loss(&ids, &masks, &memory, device)?)
+        } else {
+            None
+        };
+        Ok(Stage1Losses { itc, itm, itg })
+    }
+
+    /// ITM over one positive and two hard-negative pairs per example.
+    fn itm_loss(
+        &self,
+        sim: &Tensor,
+        ids: &[Vec<u32>],
+        masks: &[Vec<u32>],
+        memory: &crate::model::ImageMemory,
+        groups: &[u64],
+        rng: &mut SplitMix64,
+    ) -> crate::Result<Tensor> {
+        let b = ids.len();
+        let nq = self.num_query_tokens;
+        let device = sim.device();
+        let ids_tensor = |rows: &[Vec<u32>]| ids_tensor(rows, device);
 
         // ITM: hard negatives drawn from the (detached) similarities.
         let sim_i2t: Vec<Vec<f32>> = sim.detach().to_vec2()?;
@@ -223,10 +273,10 @@ impl Stage1Model {
         let temp = self.temperature()?;
         let neg_image_of_text = sample_hard_negatives(&sim_t2i, temp, groups, rng);
         let neg_text_of_image = sample_hard_negatives(&sim_i2t, temp, groups, rng);
-        let mut itm_ids = ids.clone();
+        let mut itm_ids = ids.to_vec();
         itm_ids.extend(ids.iter().cloned());
         itm_ids.extend(neg_text_of_image.iter().map(|&j| ids[j].clone()));
-        let mut itm_masks = masks.clone();
+        let mut itm_masks = masks.to_vec();
         itm_masks.extend(masks.iter().cloned());
         itm_masks.extend(neg_text_of_image.iter().map(|&j| masks[j].clone()));
         let image_rows: Vec<u32> = (0..b as u32)
@@ -242,9 +292,20 @@ impl Stage1Model {
             .forward(&embeds, nq, Some(&mask), Some(&itm_memory))?;
         let logits = self.heads.itm_logits(&hidden.narrow(1, 0, nq)?)?;
         let labels: Vec<Option<u32>> = (0..3 * b).map(|i| Some(u32::from(i < b))).collect();
-        let itm = cross_entropy(&logits, &labels, 0.0)?;
+        Ok(cross_entropy(&logits, &labels, 0.0)?)
+    }
 
-        // ITG: [DEC] first, causal text that sees the queries.
+    /// ITG: `[DEC]` first, causal text that sees the queries.
+    fn itg_loss(
+        &self,
+        ids: &[Vec<u32>],
+        masks: &[Vec<u32>],
+        memory: &crate::model::ImageMemory,
+        device: &candle_core::Device,
+    ) -> crate::Result<Tensor> {
+        let nq = self.num_query_tokens;
+        let longest = ids[0].len();
+        let ids_tensor = |rows: &[Vec<u32>]| ids_tensor(rows, device);
         let dec_ids: Vec<Vec<u32>> = ids
             .iter()
             .map(|t| {
@@ -254,16 +315,16 @@ impl Stage1Model {
             })
             .collect();
         let embeds = self.joint_embeddings(&ids_tensor(&dec_ids)?)?;
-        let mask = attention_mask(MaskKind::MultimodalCausal, nq, &masks, device)?;
+        let mask = attention_mask(MaskKind::MultimodalCausal, nq, masks, device)?;
         let hidden = self
             .queries
             .qformer
-            .forward(&embeds, nq, Some(&mask), Some(&memory))?;
+            .forward(&embeds, nq, Some(&mask), Some(memory))?;
         let text_hidden = hidden.narrow(1, nq, longest)?;
         let logits = self.itg_head.forward(&text_hidden)?;
         let labels: Vec<Vec<Option<u32>>> = ids
             .iter()
-            .zip(&masks)
+            .zip(masks)
             .map(|(t, m)| {
                 t.iter()
                     .zip(m)
@@ -271,8 +332,7 @@ impl Stage1Model {
                     .collect()
             })
             .collect();
-        let itg = next_token_loss(&logits, &labels, 0.1)?;
-        Ok(Stage1Losses { itc, itm, itg })
+        Ok(next_token_loss(&logits, &labels, 0.1)?)
     }
 
     /// ITC unit vectors of image tokens [B, Q, D] and texts [B, D] (for checks and evaluation
@@ -296,6 +356,13 @@ impl Stage1Model {
             .text_embedding(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?;
         Ok((image, text))
     }
+}
+
+/// Equal-length token rows as a [B, L] tensor.
+fn ids_tensor(rows: &[Vec<u32>], device: &candle_core::Device) -> candle_core::Result<Tensor> {
+    let len = rows.first().map_or(0, Vec::len);
+    let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+    Tensor::from_vec(flat, (rows.len(), len), device)
 }
 
 fn to_candle(e: crate::Error) -> candle_core::Error {

@@ -3,6 +3,7 @@
 mod captioning;
 mod cli;
 mod demo;
+mod demo_quality;
 mod eval;
 mod folder_errors;
 mod indexing;
