@@ -50,7 +50,8 @@ fn bench(c: &mut Criterion) {
     let texts = captions();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let ids = tokenizer.encode(&refs).unwrap();
-    let groups: Vec<u64> = (0..BATCH as u64).collect();
+    let positives =
+        quarry::train::losses::Positives::from_groups(&(0..BATCH as u64).collect::<Vec<_>>());
     let store = ParamStore::new(
         Default::default(),
         Trainable::prefixes(&QFORMER_PREFIXES),
@@ -68,7 +69,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("stage1_step_batch32", |b| {
         b.iter(|| {
             let l = model
-                .losses(&tokens, &ids, &groups, &mut rng, Default::default())
+                .losses(&tokens, &ids, &positives, &mut rng, Default::default())
                 .unwrap();
             let grads = l.total().unwrap().backward().unwrap();
             opt.update(&grads, 1e-4).unwrap();

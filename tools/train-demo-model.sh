@@ -6,8 +6,12 @@
 #
 #   tools/train-demo-model.sh [WORK_DIR]      (default: ./demo-training; ~1 h on 2 CPU cores)
 #
-# Then: cp -r WORK/retrieval-f16/. models/demo/retrieval/ (without training/), same for the
-# captioner, and rebuild (the demo models are embedded in the binary).
+# Runs stopped with --max-steps keep the schedule of all their epochs (that is how the
+# committed model was made: those runs were stopped there).
+#
+# Then copy WORK/stage1 and WORK/captioner (without their training/ folders) to
+# models/demo/retrieval and models/demo/captioner, and rebuild (the demo models are embedded
+# in the binary).
 set -euo pipefail
 
 WORK=${1:-demo-training}
@@ -15,32 +19,46 @@ Q=${QUARRY:-target/release/quarry}
 R=models/recipes
 mkdir -p "$WORK"
 
-# 1. Training scenes (5 000 images, 19 034 captions) and the held-out test scenes.
-[ -f "$WORK/synth-train/annotations.json" ] || "$Q" synth --out "$WORK/synth-train" --n 5000 --seed 1 --size 224
+# 1. Training scenes (seed 1: the first 5 000, and 20 000 with the same first 5 000) and the
+#    held-out test scenes (seed 2).
+T5=$WORK/synth-train; T20=$WORK/synth-train20k
+[ -f "$T5/annotations.json" ] || "$Q" synth --out "$T5" --n 5000 --seed 1 --size 224
+[ -f "$T20/annotations.json" ] || "$Q" synth --out "$T20" --n 20000 --seed 1 --size 224
 [ -f "$WORK/synth-test/annotations.json" ] || "$Q" synth --out "$WORK/synth-test" --n 1000 --seed 2 --size 224
 
 # 2. The small image encoder: per-patch colour/shape labels (src/train/vision.rs), then frozen.
-"$Q" train vision --data "$WORK/synth-train" --init $R/demo-retrieval --out "$WORK/vit" \
+"$Q" train vision --data "$T5" --init $R/demo-retrieval --out "$WORK/vit" \
   --epochs 8 --max-steps 400 --batch 32 --lr 1e-3 --min-lr 1e-5 --warmup-steps 50 --seed 21 \
   --log-every 50 --save-every 400
 
 # 3. The small OPT: language modelling on the training captions, then frozen.
-"$Q" train lm --data "$WORK/synth-train" --init $R/demo-opt --out "$WORK/opt" \
+"$Q" train lm --data "$T5" --init $R/demo-opt --out "$WORK/opt" \
   --epochs 3 --batch 32 --lr 1e-3 --min-lr 1e-5 --warmup-lr 1e-6 --warmup-steps 50 --seed 12 \
   --save-every 100 --log-every 10
 
-# 4. BLIP-2 stage 1: the Q-Former against the frozen encoder (ITC + ITM + ITG).
-"$Q" train stage1 --data "$WORK/synth-train" --init $R/demo-retrieval --vision-from "$WORK/vit" \
-  --out "$WORK/stage1" --epochs 4 --batch 32 --lr 5e-4 --min-lr 1e-5 --warmup-lr 1e-6 \
-  --warmup-steps 100 --seed 31 --save-every 100 --log-every 10 --save-dtype f16
+# 4. BLIP-2 stage 1 against the frozen encoder. The Q-Former starts from nothing (no BERT
+#    weights here), so ITC alone first aligns the modalities (a: 5 000 scenes; b: 20 000;
+#    c: batches of 128 for harder in-batch negatives), then ITC + ITM + ITG train together (d).
+"$Q" train stage1 --data "$T5" --init $R/demo-retrieval --vision-from "$WORK/vit" \
+  --out "$WORK/stage1-a" --objectives itc --epochs 6 --batch 32 --lr 1e-3 --min-lr 1e-5 \
+  --warmup-lr 1e-6 --warmup-steps 50 --seed 31 --save-every 100 --log-every 10
+"$Q" train stage1 --data "$T20" --init "$WORK/stage1-a" --out "$WORK/stage1-b" --objectives itc \
+  --epochs 3 --max-steps 600 --batch 32 --lr 5e-4 --min-lr 1e-5 --warmup-lr 1e-6 \
+  --warmup-steps 50 --seed 32 --save-every 300 --log-every 50
+"$Q" train stage1 --data "$T20" --init "$WORK/stage1-b" --out "$WORK/stage1-c" --objectives itc \
+  --epochs 2 --batch 128 --lr 5e-4 --min-lr 1e-5 --warmup-lr 1e-6 --warmup-steps 20 --seed 33 \
+  --save-every 50 --log-every 10
+"$Q" train stage1 --data "$T20" --init "$WORK/stage1-c" --out "$WORK/stage1" \
+  --epochs 1 --max-steps 200 --batch 48 --lr 2e-4 --min-lr 1e-5 --warmup-lr 1e-6 \
+  --warmup-steps 20 --seed 34 --save-every 50 --log-every 10 --save-dtype f16
 
 # 5. BLIP-2 stage 2: the stage-1 Q-Former as a soft prompt of the frozen OPT.
-"$Q" train stage2 --data "$WORK/synth-train" --init $R/demo-captioner \
+"$Q" train stage2 --data "$T5" --init $R/demo-captioner \
   --qformer-from "$WORK/stage1" --language-model "$WORK/opt" --out "$WORK/captioner" \
-  --epochs 2 --batch 32 --lr 5e-4 --min-lr 1e-5 --warmup-lr 1e-6 --warmup-steps 50 --seed 41 \
+  --epochs 2 --batch 32 --lr 5e-4 --min-lr 1e-5 --warmup-lr 1e-6 --warmup-steps 30 --seed 41 \
   --save-every 100 --log-every 10 --save-dtype f16
 
 # 6. Held-out quality: recall (ITC alone and with ITM re-ranking) and caption accuracy.
 "$Q" eval --model "$WORK/stage1" --annotations "$WORK/synth-test/annotations.json" \
-  --images "$WORK/synth-test" --k-test 16
+  --images "$WORK/synth-test" --k-test 16 --json
 "$Q" eval-captions --data "$WORK/synth-test" --caption-model "$WORK/captioner"

@@ -112,10 +112,33 @@ pub fn write_safetensors(
         .collect::<Result<Vec<(String, Tensor)>, candle_core::Error>>()?;
     let mut meta = metadata;
     meta.insert("format".into(), "pt".into());
+
     let bytes =
         safetensors::tensor::serialize(converted.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
             .map_err(|e| TrainError::Input(format!("serialising {}: {e}", path.display())))?;
     write_atomic(path, &bytes)
+}
+
+/// EVA's attention has q and v biases and no k bias; quarry trains them as `q_bias`/`v_bias`
+/// (so the k part stays zero by construction), while transformers (4.57) stores one fused
+/// `qkv.bias`. Writes the fused tensor `[q, 0, v]` in their place, so transformers loads the
+/// result without re-initialising anything; quarry reads either form.
+pub fn fuse_qkv_biases(
+    tensors: &BTreeMap<String, Tensor>,
+) -> candle_core::Result<BTreeMap<String, Tensor>> {
+    let mut out = BTreeMap::new();
+    for (name, t) in tensors {
+        if let Some(prefix) = name.strip_suffix("q_bias") {
+            let v = tensors.get(&format!("{prefix}v_bias")).ok_or_else(|| {
+                candle_core::Error::Msg(format!("`{name}` has no matching v_bias"))
+            })?;
+            let fused = Tensor::cat(&[t, &t.zeros_like()?, v], 0)?;
+            out.insert(format!("{prefix}qkv.bias"), fused);
+        } else if !name.ends_with("v_bias") {
+            out.insert(name.clone(), t.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// The name transformers writes for a dtype in `config.json`.
@@ -138,9 +161,10 @@ pub fn write_model_folder(
     carry_from: &[&Path],
 ) -> Result<(), TrainError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let tensors = fuse_qkv_biases(tensors)?;
     write_safetensors(
         &dir.join("model.safetensors"),
-        tensors,
+        &tensors,
         dtype,
         HashMap::new(),
     )?;

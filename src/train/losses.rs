@@ -207,18 +207,71 @@ impl CustomOp3 for FusedCrossEntropyGrad {
     }
 }
 
-/// Which examples of a batch are positives of each other: `groups[i] == groups[j]` (the same
-/// text, or the same image).
-pub fn positive_targets(groups: &[u64], device: &Device) -> candle_core::Result<Tensor> {
-    let b = groups.len();
-    let mut data = vec![0f32; b * b];
-    for i in 0..b {
-        let same: Vec<usize> = (0..b).filter(|&j| groups[j] == groups[i]).collect();
-        for &j in &same {
-            data[i * b + j] = 1.0 / same.len() as f32;
+/// Which texts of a batch are true of which images: `matches[t][i]` says text `t` describes
+/// image `i` (always true on the diagonal). Counting a text as a negative for an image it
+/// describes teaches the model to contradict its data; with short, repeated captions this is
+/// common, and ITM's hardest negatives are exactly those pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Positives {
+    matches: Vec<Vec<bool>>,
+}
+
+impl Positives {
+    /// From an explicit matrix (`matches[t][i]`); the diagonal is set.
+    pub fn new(mut matches: Vec<Vec<bool>>) -> Self {
+        for (i, row) in matches.iter_mut().enumerate() {
+            row[i] = true;
         }
+        Self { matches }
     }
-    Tensor::from_vec(data, (b, b), device)
+
+    /// Texts with equal group ids are interchangeable (e.g. identical strings).
+    pub fn from_groups(groups: &[u64]) -> Self {
+        Self::new(
+            groups
+                .iter()
+                .map(|g| groups.iter().map(|h| g == h).collect())
+                .collect(),
+        )
+    }
+
+    /// Batch size.
+    pub fn len(&self) -> usize {
+        self.matches.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.matches.is_empty()
+    }
+
+    /// Whether text `t` describes image `i`.
+    pub fn text_of_image(&self, t: usize, i: usize) -> bool {
+        self.matches[t][i]
+    }
+
+    /// Target distributions [B, B]: with `by_text`, row t spreads over the images text t
+    /// describes; otherwise row i spreads over the texts describing image i.
+    fn targets(&self, by_text: bool, device: &Device) -> candle_core::Result<Tensor> {
+        let b = self.len();
+        let mut data = vec![0f32; b * b];
+        for r in 0..b {
+            let hit = |c: usize| {
+                if by_text {
+                    self.matches[r][c]
+                } else {
+                    self.matches[c][r]
+                }
+            };
+            let n = (0..b).filter(|&c| hit(c)).count() as f32;
+            for c in 0..b {
+                if hit(c) {
+                    data[r * b + c] = 1.0 / n;
+                }
+            }
+        }
+        Tensor::from_vec(data, (b, b), device)
+    }
 }
 
 /// The ITC similarity [B_img, B_txt]: for each image, the maximum over its query vectors
@@ -238,37 +291,37 @@ pub fn max_query_similarity(
 
 /// The ITC loss and the image→text similarity it used ([B, B], before the temperature), for
 /// hard-negative mining. `temp` is a scalar tensor (the learned temperature, clamped to
-/// [0.001, 0.5] as LAVIS does); `groups` marks examples whose texts are interchangeable.
+/// [0.001, 0.5] as LAVIS does); `positives` says which texts describe which images.
 pub fn itc_loss(
     image_feats: &Tensor,
     text_feats: &Tensor,
     temp: &Tensor,
-    groups: &[u64],
+    positives: &Positives,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let sim = max_query_similarity(image_feats, text_feats)?;
     let temp = temp.clamp(0.001f32, 0.5f32)?;
     let logits_i2t = sim.broadcast_div(&temp)?;
     let logits_t2i = logits_i2t.t()?.contiguous()?;
-    let targets = positive_targets(groups, sim.device())?;
-    let loss_i2t = soft_cross_entropy(&logits_i2t, &targets, 0.1)?;
-    let loss_t2i = soft_cross_entropy(&logits_t2i, &targets, 0.1)?;
+    let loss_i2t = soft_cross_entropy(&logits_i2t, &positives.targets(false, sim.device())?, 0.1)?;
+    let loss_t2i = soft_cross_entropy(&logits_t2i, &positives.targets(true, sim.device())?, 0.1)?;
     Ok((((loss_i2t + loss_t2i)? * 0.5)?, sim))
 }
 
 /// Hard negatives for ITM, sampled as LAVIS does: for each row, a column drawn with probability
 /// softmax(similarity / temp) over the columns that are not its positives. `sim` is [B, B]
-/// (row = the anchor), `groups` as in [`itc_loss`]. A row whose every column is a positive
-/// (a batch of one repeated text) draws uniformly among the other columns.
+/// (row = the anchor); `positive(row, column)` says which pairs must not be drawn. A row whose
+/// every column is a positive (a batch of one repeated text) draws uniformly among the other
+/// columns.
 pub fn sample_hard_negatives(
     sim: &[Vec<f32>],
     temp: f32,
-    groups: &[u64],
+    positive: impl Fn(usize, usize) -> bool,
     rng: &mut SplitMix64,
 ) -> Vec<usize> {
     let b = sim.len();
     (0..b)
         .map(|i| {
-            let candidates: Vec<usize> = (0..b).filter(|&j| groups[j] != groups[i]).collect();
+            let candidates: Vec<usize> = (0..b).filter(|&j| !positive(i, j)).collect();
             let pool: Vec<usize> = if candidates.is_empty() {
                 (0..b).filter(|&j| j != i).collect()
             } else {
@@ -398,7 +451,7 @@ mod tests {
             vec![vec![1.0, 1.0], vec![0.6, 1.0]]
         );
         let temp = Tensor::new(0.5f32, &dev).unwrap();
-        let (loss, _) = itc_loss(&image, &text, &temp, &[10, 11]).unwrap();
+        let (loss, _) = itc_loss(&image, &text, &temp, &Positives::from_groups(&[10, 11])).unwrap();
         // Logits = sim / 0.5. i2t rows: (2, 2) target 0, (1.2, 2) target 1;
         // t2i rows: (2, 1.2) target 0, (2, 2) target 1. ε = 0.1, C = 2.
         let ce = |a: f32, b: f32, target: usize| {
@@ -415,7 +468,7 @@ mod tests {
         let t2i = (ce(2.0, 1.2, 0) + ce(2.0, 2.0, 1)) / 2.0;
         close(scalar(&loss), (i2t + t2i) / 2.0, 1e-6);
         // The same two texts marked identical: each row's target is (1/2, 1/2).
-        let (same, _) = itc_loss(&image, &text, &temp, &[7, 7]).unwrap();
+        let (same, _) = itc_loss(&image, &text, &temp, &Positives::from_groups(&[7, 7])).unwrap();
         let half = |a: f32, b: f32| {
             let lse = (a.exp() + b.exp()).ln();
             -(0.5 * (a - lse) + 0.5 * (b - lse))
@@ -427,16 +480,38 @@ mod tests {
     }
 
     #[test]
+    fn a_text_true_of_two_images_spreads_its_target_over_both_only_in_its_rows() {
+        // Text 0 describes images 0 and 1; text 1 only image 1.
+        let p = Positives::new(vec![vec![true, true], vec![false, true]]);
+        let dev = Device::Cpu;
+        let by_text: Vec<Vec<f32>> = p.targets(true, &dev).unwrap().to_vec2().unwrap();
+        let by_image: Vec<Vec<f32>> = p.targets(false, &dev).unwrap().to_vec2().unwrap();
+        assert_eq!(by_text, vec![vec![0.5, 0.5], vec![0.0, 1.0]]);
+        // Image 0 is described by text 0 only; image 1 by both.
+        assert_eq!(by_image, vec![vec![1.0, 0.0], vec![0.5, 0.5]]);
+    }
+
+    #[test]
     fn itc_gradient_reaches_the_temperature_and_is_clamped_below() {
         let dev = Device::Cpu;
         let image = Tensor::new(&[[[1f32, 0.0]], [[0.0, 1.0]]], &dev).unwrap();
         let text = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &dev).unwrap();
         let at = |t: f32| {
             let temp = Tensor::new(t, &dev).unwrap();
-            scalar(&itc_loss(&image, &text, &temp, &[0, 1]).unwrap().0)
+            scalar(
+                &itc_loss(&image, &text, &temp, &Positives::from_groups(&[0, 1]))
+                    .unwrap()
+                    .0,
+            )
         };
         let temp = candle_core::Var::new(0.45f32, &dev).unwrap();
-        let (loss, _) = itc_loss(&image, &text, temp.as_tensor(), &[0, 1]).unwrap();
+        let (loss, _) = itc_loss(
+            &image,
+            &text,
+            temp.as_tensor(),
+            &Positives::from_groups(&[0, 1]),
+        )
+        .unwrap();
         let grads = loss.backward().unwrap();
         let g = scalar(grads.get(temp.as_tensor()).unwrap());
         // Against a central finite difference; and at 0.45 the pairs (cosine 1 vs 0) are softer
@@ -451,8 +526,9 @@ mod tests {
         assert!(at(0.071) < at(0.069));
         let tiny = Tensor::new(1e-6f32, &dev).unwrap();
         let floor = Tensor::new(0.001f32, &dev).unwrap();
-        let (a, _) = itc_loss(&image, &text, &tiny, &[0, 1]).unwrap();
-        let (b, _) = itc_loss(&image, &text, &floor, &[0, 1]).unwrap();
+        let p = Positives::from_groups(&[0, 1]);
+        let (a, _) = itc_loss(&image, &text, &tiny, &p).unwrap();
+        let (b, _) = itc_loss(&image, &text, &floor, &p).unwrap();
         close(scalar(&a), scalar(&b), 1e-6);
     }
 
@@ -468,7 +544,7 @@ mod tests {
         let mut rng = SplitMix64::for_scene(1, 2);
         let mut counts = [[0usize; 4]; 4];
         for _ in 0..2000 {
-            for (i, j) in sample_hard_negatives(&sim, 0.05, &groups, &mut rng)
+            for (i, j) in sample_hard_negatives(&sim, 0.05, |i, j| groups[i] == groups[j], &mut rng)
                 .into_iter()
                 .enumerate()
             {
@@ -487,7 +563,7 @@ mod tests {
         // Rows 2 and 3 share a text: each must draw from images 0 and 1, about evenly.
         assert!(counts[2][0] > 800 && counts[2][1] > 800, "{:?}", counts[2]);
         // All positives: uniform over the others.
-        let all_same = sample_hard_negatives(&sim, 0.05, &[5, 5, 5, 5], &mut rng);
+        let all_same = sample_hard_negatives(&sim, 0.05, |_, _| true, &mut rng);
         assert!(all_same.iter().enumerate().all(|(i, &j)| i != j));
     }
 

@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::data::{step_rng, Pixels, TrainSet};
 use super::folders::{read_config, read_tensors, write_model_folder, write_safetensors};
+use super::losses::Positives;
 use super::optim::{AdamW, AdamWSettings, Schedule};
 use super::params::{ParamStore, Trainable};
 use super::stage1::{is_training_only, Objectives, Stage1Model, QFORMER_PREFIXES, TEMP};
@@ -189,11 +190,6 @@ impl FrozenFeatures {
     }
 }
 
-/// A text's group for ITC: identical normalised captions are interchangeable.
-fn text_group(caption: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(caption.as_bytes())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Stage 1
 
@@ -242,11 +238,25 @@ impl Job for Stage1Job {
         };
         let texts: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
         let ids = self.tokenizer.encode(&texts)?;
-        let groups: Vec<u64> = batch.captions.iter().map(|c| text_group(c)).collect();
+        // A text is true of every image that lists it among its captions (short captions
+        // repeat across images), not only of the image it was drawn for.
+        let positives = Positives::new(
+            batch
+                .captions
+                .iter()
+                .map(|c| {
+                    batch
+                        .images
+                        .iter()
+                        .map(|&i| self.set.captions[i].iter().any(|k| k == c))
+                        .collect()
+                })
+                .collect(),
+        );
         let mut rng = step_rng(s.seed ^ 0x17a1, step);
         let l = self
             .model
-            .losses(&tokens, &ids, &groups, &mut rng, self.objectives)?;
+            .losses(&tokens, &ids, &positives, &mut rng, self.objectives)?;
         let mut out = vec![("itc", l.itc)];
         out.extend(l.itm.map(|t| ("itm", t)));
         out.extend(l.itg.map(|t| ("itg", t)));
@@ -678,6 +688,10 @@ pub fn train_stage2(
     run_loop(&job, &store, settings, &paths.out, prepare, on_event)
 }
 
+/// Captions per sequence when pre-training the language model: with up to ~18 tokens each,
+/// four reach past the 32 image rows plus a caption that stage 2 and captioning use.
+const LM_PACKED_CAPTIONS: usize = 4;
+
 struct LmJob {
     model: OptLanguageModel,
     set: TrainSet,
@@ -700,11 +714,24 @@ impl Job for LmJob {
     fn losses(&self, step: usize) -> Result<Vec<(&'static str, Tensor)>, TrainError> {
         let s = &self.settings;
         let batch = self.set.batch(s.seed, s.batch, step);
-        let ids = batch
+        let encoded = batch
             .captions
             .iter()
             .map(|c| self.captions.encode(c))
             .collect::<Result<Vec<_>, _>>()?;
+        // Sequences of several captions, as language models are pre-trained on packed text:
+        // BLIP-2 puts 32 image rows before the caption, so the frozen decoder must already know
+        // the positions behind them (a decoder trained on lone captions leaves them random).
+        let n = encoded.len();
+        let ids: Vec<Vec<u32>> = (0..n)
+            .map(|i| {
+                let mut seq = encoded[i].clone();
+                for k in 1..LM_PACKED_CAPTIONS {
+                    seq.extend_from_slice(&encoded[(i + k) % n][1..]);
+                }
+                seq
+            })
+            .collect();
         Ok(vec![("lm", self.model.loss(&ids, &s.device)?)])
     }
 

@@ -12,7 +12,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use super::losses::{cross_entropy, itc_loss, next_token_loss, sample_hard_negatives};
+use super::losses::{cross_entropy, itc_loss, next_token_loss, sample_hard_negatives, Positives};
 use super::masks::{attention_mask, MaskKind};
 use crate::model::heads::RetrievalHeads;
 use crate::model::layers::{activate, LayerNorm, Linear};
@@ -191,18 +191,18 @@ impl Stage1Model {
     }
 
     /// The three losses for image tokens [B, T, D] and one tokenized text per image (unpadded,
-    /// `[CLS] … [SEP]`). `groups[i] == groups[j]` marks interchangeable texts; `rng` draws the
+    /// `[CLS] … [SEP]`). `positives` says which texts describe which images; `rng` draws the
     /// hard negatives.
     pub fn losses(
         &self,
         image_tokens: &Tensor,
         texts: &[Vec<u32>],
-        groups: &[u64],
+        positives: &Positives,
         rng: &mut SplitMix64,
         objectives: Objectives,
     ) -> crate::Result<Stage1Losses> {
         let b = texts.len();
-        if b < 2 || image_tokens.dim(0)? != b || groups.len() != b {
+        if b < 2 || image_tokens.dim(0)? != b || positives.len() != b {
             return Err(crate::Error::Config(format!(
                 "a stage-1 batch needs at least two image-text pairs with one text per image \
                  (got {} images, {b} texts)",
@@ -238,9 +238,9 @@ impl Stage1Model {
         let text_feats = self
             .heads
             .text_embedding(&hidden.narrow(1, nq, 1)?.squeeze(1)?)?;
-        let (itc, sim) = itc_loss(&image_feats, &text_feats, &self.temp, groups)?;
+        let (itc, sim) = itc_loss(&image_feats, &text_feats, &self.temp, positives)?;
         let itm = if objectives.itm {
-            Some(self.itm_loss(&sim, &ids, &masks, &memory, groups, rng)?)
+            Some(self.itm_loss(&sim, &ids, &masks, &memory, positives, rng)?)
         } else {
             None
         };
@@ -259,7 +259,7 @@ impl Stage1Model {
         ids: &[Vec<u32>],
         masks: &[Vec<u32>],
         memory: &crate::model::ImageMemory,
-        groups: &[u64],
+        positives: &Positives,
         rng: &mut SplitMix64,
     ) -> crate::Result<Tensor> {
         let b = ids.len();
@@ -271,8 +271,11 @@ impl Stage1Model {
         let sim_i2t: Vec<Vec<f32>> = sim.detach().to_vec2()?;
         let sim_t2i: Vec<Vec<f32>> = sim.detach().t()?.to_vec2()?;
         let temp = self.temperature()?;
-        let neg_image_of_text = sample_hard_negatives(&sim_t2i, temp, groups, rng);
-        let neg_text_of_image = sample_hard_negatives(&sim_i2t, temp, groups, rng);
+        // A negative must not be described by the text it is paired with.
+        let neg_image_of_text =
+            sample_hard_negatives(&sim_t2i, temp, |t, i| positives.text_of_image(t, i), rng);
+        let neg_text_of_image =
+            sample_hard_negatives(&sim_i2t, temp, |i, t| positives.text_of_image(t, i), rng);
         let mut itm_ids = ids.to_vec();
         itm_ids.extend(ids.iter().cloned());
         itm_ids.extend(neg_text_of_image.iter().map(|&j| ids[j].clone()));

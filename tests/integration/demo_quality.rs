@@ -74,8 +74,11 @@ fn the_demo_model_retrieves_and_captions_held_out_scenes() {
     assert!(shape >= SHAPE_FLOOR, "shape right {shape}");
 }
 
-const ITC_IR1_FLOOR: f64 = 0.0;
-const ITC_IR5_FLOOR: f64 = 0.0;
-const ITM_IR1_FLOOR: f64 = 0.0;
+// Measured at commit on these 200 scenes: ITC text→image R@1 33.4, R@5 87.3; with ITM
+// re-ranking (k_test 16) R@1 29.0 (the demo's ITM head did not learn beyond the class prior;
+// see the closing note). Floors a few points under.
+const ITC_IR1_FLOOR: f64 = 28.0;
+const ITC_IR5_FLOOR: f64 = 80.0;
+const ITM_IR1_FLOOR: f64 = 24.0;
 const COLOUR_FLOOR: f64 = 0.0;
 const SHAPE_FLOOR: f64 = 0.0;

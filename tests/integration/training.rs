@@ -507,3 +507,43 @@ fn the_differentiable_path_equals_inference_on_a_checkpoint() {
         diff(&txt, &want_txt)
     );
 }
+
+/// transformers 4.57 stores EVA's attention bias fused (`qkv.bias`); what training writes must
+/// use that name, with the key part zero, or transformers re-initialises it.
+#[test]
+fn written_folders_use_the_fused_attention_bias_transformers_expects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data(tmp.path(), 16, 11);
+    let init = tiny_recipe("demo-retrieval", tmp.path(), shrink_blip2);
+    let out = tmp.path().join("out");
+    let mut s = settings(2, 1);
+    s.batch = 4;
+    train_stage1(
+        &paths(&data, &init, &out),
+        &Stage1Options {
+            train_vision: true,
+            ..Default::default()
+        },
+        &s,
+        &mut quiet,
+    )
+    .unwrap();
+    let t =
+        candle_core::safetensors::load(out.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(t
+        .keys()
+        .all(|k| !k.ends_with("q_bias") && !k.ends_with("v_bias")));
+    let bias: Vec<f32> = t["vision_model.encoder.layers.0.self_attn.qkv.bias"]
+        .to_vec1()
+        .unwrap();
+    assert_eq!(bias.len(), 3 * 32);
+    assert!(
+        bias[32..64].iter().all(|&b| b == 0.0),
+        "the key bias stays zero"
+    );
+    assert!(
+        bias[..32].iter().any(|&b| b != 0.0),
+        "the query bias was trained"
+    );
+}
