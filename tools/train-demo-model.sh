@@ -31,9 +31,10 @@ T5=$WORK/synth-train; T20=$WORK/synth-train20k
   --epochs 8 --max-steps 400 --batch 32 --lr 1e-3 --min-lr 1e-5 --warmup-steps 50 --seed 21 \
   --log-every 50 --save-every 400
 
-# 3. The small OPT: language modelling on the training captions, then frozen.
+# 3. The small OPT: language modelling on the training captions (four per sequence, so the
+#    positions behind BLIP-2's 32 image rows are trained), then frozen.
 "$Q" train lm --data "$T5" --init $R/demo-opt --out "$WORK/opt" \
-  --epochs 3 --batch 32 --lr 1e-3 --min-lr 1e-5 --warmup-lr 1e-6 --warmup-steps 50 --seed 12 \
+  --epochs 2 --batch 32 --lr 1e-3 --min-lr 1e-5 --warmup-lr 1e-6 --warmup-steps 30 --seed 12 \
   --save-every 100 --log-every 10
 
 # 4. BLIP-2 stage 1 against the frozen encoder. The Q-Former starts from nothing (no BERT

@@ -80,5 +80,8 @@ fn the_demo_model_retrieves_and_captions_held_out_scenes() {
 const ITC_IR1_FLOOR: f64 = 28.0;
 const ITC_IR5_FLOOR: f64 = 80.0;
 const ITM_IR1_FLOOR: f64 = 24.0;
-const COLOUR_FLOOR: f64 = 0.0;
-const SHAPE_FLOOR: f64 = 0.0;
+// Measured at commit on the first 100 of these scenes: colour right 0.14, shape right 0.38. The
+// demo captioner barely conditions on the image yet (closing note); these floors only guard
+// the captioning path against breaking outright.
+const COLOUR_FLOOR: f64 = 0.08;
+const SHAPE_FLOOR: f64 = 0.25;
