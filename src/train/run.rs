@@ -127,8 +127,14 @@ pub struct TrainSummary {
 
 /// One stage's model and data, as the loop sees it.
 trait Job {
-    fn pairs_per_step(&self) -> usize;
-    fn steps_per_epoch(&self) -> usize;
+    fn set(&self) -> &TrainSet;
+    fn settings(&self) -> &TrainSettings;
+    fn pairs_per_step(&self) -> usize {
+        self.settings().batch
+    }
+    fn steps_per_epoch(&self) -> usize {
+        self.set().steps_per_epoch(self.settings().batch)
+    }
     fn losses(&self, step: usize) -> Result<Vec<(&'static str, Tensor)>, TrainError>;
     fn write_model(&self, store: &ParamStore, dtype: DType) -> Result<(), TrainError>;
 }
@@ -150,7 +156,11 @@ fn state_path(out: &Path) -> PathBuf {
     out.join("training").join("state.safetensors")
 }
 
-fn parse_blip2(config: &serde_json::Value, folder: &Path) -> Result<Blip2Config, TrainError> {
+/// A configuration (BLIP-2, or OPT's `text_config`) from JSON read out of `folder`.
+fn parse_config<T: serde::de::DeserializeOwned>(
+    config: &serde_json::Value,
+    folder: &Path,
+) -> Result<T, TrainError> {
     serde_json::from_value(config.clone())
         .map_err(|e| TrainError::Input(format!("{}/config.json: {e}", folder.display())))
 }
@@ -219,12 +229,12 @@ struct Stage1Job {
 }
 
 impl Job for Stage1Job {
-    fn pairs_per_step(&self) -> usize {
-        self.settings.batch
+    fn set(&self) -> &TrainSet {
+        &self.set
     }
 
-    fn steps_per_epoch(&self) -> usize {
-        self.set.steps_per_epoch(self.settings.batch)
+    fn settings(&self) -> &TrainSettings {
+        &self.settings
     }
 
     fn losses(&self, step: usize) -> Result<Vec<(&'static str, Tensor)>, TrainError> {
@@ -290,7 +300,7 @@ pub fn train_stage1(
     let prepare = Instant::now();
     let device = settings.device.clone();
     let config_json = read_config(&paths.init)?;
-    let config = parse_blip2(&config_json, &paths.init)?;
+    let config = parse_config::<Blip2Config>(&config_json, &paths.init)?;
     config.validate()?;
     if !config.qformer_config.use_qformer_text_input {
         return Err(TrainError::Input(format!(
@@ -416,12 +426,12 @@ struct VisionJob {
 }
 
 impl Job for VisionJob {
-    fn pairs_per_step(&self) -> usize {
-        self.settings.batch
+    fn set(&self) -> &TrainSet {
+        &self.set
     }
 
-    fn steps_per_epoch(&self) -> usize {
-        self.set.steps_per_epoch(self.settings.batch)
+    fn settings(&self) -> &TrainSettings {
+        &self.settings
     }
 
     fn losses(&self, step: usize) -> Result<Vec<(&'static str, Tensor)>, TrainError> {
@@ -463,7 +473,7 @@ pub fn train_vision_encoder(
     let prepare = Instant::now();
     let device = settings.device.clone();
     let config_json = read_config(&paths.init)?;
-    let config = parse_blip2(&config_json, &paths.init)?;
+    let config = parse_config::<Blip2Config>(&config_json, &paths.init)?;
     config.validate()?;
     let v = &config.vision_config;
     let preprocess = read_preprocess(&paths.init, v.image_size)?;
@@ -542,11 +552,6 @@ impl OptCaptions {
     }
 }
 
-fn parse_opt(config: &serde_json::Value, folder: &Path) -> Result<OptConfig, TrainError> {
-    serde_json::from_value(config.clone())
-        .map_err(|e| TrainError::Input(format!("{}/config.json: {e}", folder.display())))
-}
-
 /// LAVIS's `max_txt_len` for OPT captions.
 const MAX_CAPTION_TOKENS: usize = 32;
 
@@ -562,12 +567,12 @@ struct Stage2Job {
 }
 
 impl Job for Stage2Job {
-    fn pairs_per_step(&self) -> usize {
-        self.settings.batch
+    fn set(&self) -> &TrainSet {
+        &self.set
     }
 
-    fn steps_per_epoch(&self) -> usize {
-        self.set.steps_per_epoch(self.settings.batch)
+    fn settings(&self) -> &TrainSettings {
+        &self.settings
     }
 
     fn losses(&self, step: usize) -> Result<Vec<(&'static str, Tensor)>, TrainError> {
@@ -616,15 +621,15 @@ pub fn train_stage2(
     let prepare = Instant::now();
     let device = settings.device.clone();
     let config_json = read_config(&paths.init)?;
-    let config = parse_blip2(&config_json, &paths.init)?;
+    let config = parse_config::<Blip2Config>(&config_json, &paths.init)?;
     let text_config = config.text_config.clone().ok_or_else(|| {
         TrainError::Input(format!(
             "{}/config.json has no text_config for the language model",
             paths.init.display()
         ))
     })?;
-    let opt = parse_opt(&text_config, &paths.init)?;
-    let lm_config = parse_opt(
+    let opt = parse_config::<OptConfig>(&text_config, &paths.init)?;
+    let lm_config = parse_config::<OptConfig>(
         &read_config(&sources.language_model)?,
         &sources.language_model,
     )?;
@@ -703,12 +708,12 @@ struct LmJob {
 }
 
 impl Job for LmJob {
-    fn pairs_per_step(&self) -> usize {
-        self.settings.batch
+    fn set(&self) -> &TrainSet {
+        &self.set
     }
 
-    fn steps_per_epoch(&self) -> usize {
-        self.set.steps_per_epoch(self.settings.batch)
+    fn settings(&self) -> &TrainSettings {
+        &self.settings
     }
 
     fn losses(&self, step: usize) -> Result<Vec<(&'static str, Tensor)>, TrainError> {
@@ -758,7 +763,7 @@ pub fn train_language_model(
     let prepare = Instant::now();
     let device = settings.device.clone();
     let config_json = read_config(&paths.init)?;
-    let opt = parse_opt(&config_json, &paths.init)?;
+    let opt = parse_config::<OptConfig>(&config_json, &paths.init)?;
     let source = read_tensors(&paths.init, "", &device)?;
     let store = ParamStore::new(source, Trainable::prefixes(&[""]), settings.seed, &device);
     let model = OptLanguageModel::new(&opt, store.var_builder())?;

@@ -371,10 +371,3 @@ fn ids_tensor(rows: &[Vec<u32>], device: &candle_core::Device) -> candle_core::R
 fn to_candle(e: crate::Error) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
-
-/// Mean of a scalar loss tensor as f32 (for progress reports).
-pub fn scalar(t: &Tensor) -> candle_core::Result<f32> {
-    t.to_dtype(candle_core::DType::F32)?
-        .mean_all()?
-        .to_scalar::<f32>()
-}

@@ -15,34 +15,14 @@ use crate::model::layers::Linear;
 use crate::model::opt::{OptConfig, OptDecoder};
 use crate::model::vision::VisionModel;
 use crate::model::{Blip2Config, QueryingTransformer};
+use crate::tokenize::batch_from_ids;
 
 /// Prefixes of the tensors stage 2 trains.
 pub const STAGE2_PREFIXES: [&str; 3] = ["query_tokens", "qformer.", "language_projection."];
 
-/// Token ids of a batch of captions, right-padded: ids [B, L] and the 0/1 mask.
-fn pad_right(
-    texts: &[Vec<u32>],
-    pad: u32,
-    device: &candle_core::Device,
-) -> candle_core::Result<(Tensor, Tensor, usize)> {
-    let longest = texts.iter().map(Vec::len).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(texts.len() * longest);
-    let mut mask = Vec::with_capacity(texts.len() * longest);
-    for t in texts {
-        ids.extend(
-            t.iter()
-                .copied()
-                .chain(std::iter::repeat(pad))
-                .take(longest),
-        );
-        mask.extend((0..longest).map(|i| u32::from(i < t.len())));
-    }
-    let shape = (texts.len(), longest);
-    Ok((
-        Tensor::from_vec(ids, shape, device)?,
-        Tensor::from_vec(mask, shape, device)?,
-        longest,
-    ))
+/// The padded length of a batch (its longest caption).
+fn text_len(captions: &[Vec<u32>]) -> usize {
+    captions.iter().map(Vec::len).max().unwrap_or(0)
 }
 
 /// Labels for captions that start with `</s>`: every real token but the first.
@@ -99,7 +79,8 @@ impl Stage2Model {
             .forward(&self.queries.image_mode(image_tokens)?)?;
         let (b, q, _) = visual.dims3()?;
         let cfg = self.language_model.config();
-        let (ids, mask, longest) = pad_right(captions, cfg.pad_token_id, device)?;
+        let text = batch_from_ids(captions, None, cfg.pad_token_id, device)?;
+        let (ids, mask, longest) = (text.input_ids, text.attention_mask, text_len(captions));
         let embeds = Tensor::cat(&[&visual, &self.language_model.embed(&ids)?], 1)?;
         let mask = Tensor::cat(&[&Tensor::ones((b, q), mask.dtype(), device)?, &mask], 1)?;
         // Image rows predict nothing: the head runs from the `</s>` row on.
@@ -132,7 +113,9 @@ impl OptLanguageModel {
         device: &candle_core::Device,
     ) -> crate::Result<Tensor> {
         let cfg = self.decoder.config();
-        let (ids, mask, longest) = pad_right(captions, cfg.pad_token_id, device)?;
+        let text = batch_from_ids(captions, None, cfg.pad_token_id, device)?;
+        let longest = text_len(captions);
+        let (ids, mask) = (text.input_ids, text.attention_mask);
         let logits = self
             .decoder
             .logits_from(&self.decoder.embed(&ids)?, &mask, 0)?;

@@ -95,10 +95,6 @@ fn settings(steps: usize, seed: u64) -> TrainSettings {
     }
 }
 
-fn data_named(dir: &Path, n: usize, seed: u64) -> PathBuf {
-    data(dir, n, seed)
-}
-
 fn data(dir: &Path, n: usize, seed: u64) -> PathBuf {
     let out = dir.join(format!("synth-{seed}"));
     generate(
@@ -196,7 +192,7 @@ fn every_stage_lowers_its_losses_and_writes_folders_inference_loads() {
     // The language model alone, then stage 2 into it, on 16 images seen many times over (a
     // short run on CPU has to over-fit to show that the gradient reaches the Q-Former through
     // the frozen decoder).
-    let small = data_named(tmp.path(), 8, 10);
+    let small = crate::training::data(tmp.path(), 8, 10);
     let opt_init = tiny_recipe("demo-opt", tmp.path(), shrink_opt);
     let opt = tmp.path().join("opt");
     let lm = train_language_model(
