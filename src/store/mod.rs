@@ -36,6 +36,7 @@ mod tests;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use batch::{json, Overlay, Shapes};
 pub use batch::{
@@ -116,21 +117,36 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// How long [`open_db`] keeps trying a lock that is held. sled 0.34 releases its file lock
+/// only when the last background write task of a dropped database finishes, a moment after
+/// `drop` returns; on a loaded machine a store closed a moment ago (by this process or by one
+/// that is exiting) would otherwise be reported as in use.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 /// Opens sled, telling a store held by another process apart from other failures.
 fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
-    let result = sled::Config::new()
-        .path(dir.join("db"))
-        .cache_capacity(CACHE_BYTES)
-        .open();
-    result.map_err(|e| match &e {
-        // sled 0.34 reports a held lock as an `Other` I/O error with this wording.
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-            StoreError::InUse {
-                dir: dir.to_owned(),
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let result = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(CACHE_BYTES)
+            .open();
+        match result {
+            Ok(db) => return Ok(db),
+            // sled 0.34 reports a held lock as an `Other` I/O error with this wording.
+            Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(StoreError::InUse {
+                        dir: dir.to_owned(),
+                    });
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
             }
+            Err(e) => return Err(database(dir, e)),
         }
-        _ => database(dir, e),
-    })
+    }
 }
 
 impl Store {
