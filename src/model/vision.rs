@@ -60,10 +60,20 @@ impl Embeddings {
     }
 }
 
+/// EVA's `[q_bias; 0; v_bias]`: the fused qkv bias with the key part zero.
+fn fused_bias(q: &Tensor, v: &Tensor) -> Result<Tensor> {
+    Tensor::cat(&[q, &q.zeros_like()?, v], 0)
+}
+
 /// Multi-head self-attention with the fused `qkv` projection.
 #[derive(Debug, Clone)]
 struct SelfAttention {
     qkv: Linear,
+    /// EVA's separate q and v biases when they are trained variables: assembled into the fused
+    /// bias at every forward pass, because a bias concatenated once at construction would be a
+    /// copy the optimiser never updates (training would run with the initial biases while the
+    /// checkpoint recorded the updated ones).
+    trained_bias: Option<(Tensor, Tensor)>,
     projection: Linear,
     heads: usize,
 }
@@ -72,6 +82,7 @@ impl SelfAttention {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let weight = vb.get((3 * h, h), "qkv.weight")?;
+        let mut trained_bias = None;
         let bias = if !cfg.qkv_bias {
             None
         } else if vb.contains_tensor("qkv.bias") {
@@ -81,17 +92,26 @@ impl SelfAttention {
             // key bias is zero by design.
             let q = vb.get(h, "q_bias")?;
             let v = vb.get(h, "v_bias")?;
-            Some(Tensor::cat(&[&q, &q.zeros_like()?, &v], 0)?)
+            if q.is_variable() || v.is_variable() {
+                trained_bias = Some((q, v));
+                None
+            } else {
+                Some(fused_bias(&q, &v)?)
+            }
         };
         Ok(Self {
             qkv: Linear::from_parts(weight, bias),
+            trained_bias,
             projection: Linear::new(h, h, vb.pp("projection"))?,
             heads: cfg.num_attention_heads,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let qkv = self.qkv.forward(x)?;
+        let qkv = match &self.trained_bias {
+            Some((q, v)) => self.qkv.forward(x)?.broadcast_add(&fused_bias(q, v)?)?,
+            None => self.qkv.forward(x)?,
+        };
         let h = qkv.dim(2)? / 3;
         let q = split_heads(&qkv.narrow(2, 0, h)?, self.heads)?;
         let k = split_heads(&qkv.narrow(2, h, h)?, self.heads)?;

@@ -29,6 +29,8 @@ use crate::synth::scene::{Background, Color, Object, Shape, Size};
 pub const COLOUR_CLASSES: usize = Color::ALL.len() + Background::ALL.len();
 /// Shape classes: the shapes, then "background".
 pub const SHAPE_CLASSES: usize = Shape::ALL.len() + 1;
+/// The shape class of a patch that shows no object.
+const BACKGROUND_SHAPE: u32 = Shape::ALL.len() as u32;
 /// Samples per patch side when deciding what a patch shows.
 const SAMPLES: usize = 3;
 
@@ -91,7 +93,7 @@ fn labels_of(scene: &SceneFacts, grid: usize) -> Result<PatchLabels, String> {
         });
         classes.push((colour, shape_idx));
     }
-    let background = (Color::ALL.len() as u32 + bg, Shape::ALL.len() as u32);
+    let background = (Color::ALL.len() as u32 + bg, BACKGROUND_SHAPE);
     let mut colour = Vec::with_capacity(grid * grid);
     let mut shape = Vec::with_capacity(grid * grid);
     for py in 0..grid {
@@ -182,9 +184,18 @@ impl VisionPretrainModel {
             .iter()
             .flat_map(|l| l.colour.iter().map(|&c| Some(c)))
             .collect();
+        // Shape is asked only where an object is; the colour head already tells objects from
+        // background. Averaged over every patch, the ~90 % background patches made the shape
+        // loss look learned (0.08) while the shape of the patch at an object's centre was
+        // right at chance (18 % small, 27 % large; 5 shapes); over object patches alone the
+        // loss says what the encoder knows of shapes.
         let shape: Vec<Option<u32>> = labels
             .iter()
-            .flat_map(|l| l.shape.iter().map(|&c| Some(c)))
+            .flat_map(|l| {
+                l.shape
+                    .iter()
+                    .map(|&c| (c != BACKGROUND_SHAPE).then_some(c))
+            })
             .collect();
         if colour.len() != b * (t - 1) {
             candle_core::bail!(
@@ -237,5 +248,73 @@ mod tests {
             objects: vec![],
         };
         assert!(labels_of(&bad, 4).is_err());
+    }
+
+    /// The encoder's backward pass against central finite differences: every kind of tensor
+    /// (patch embedding, positions, fused qkv, MLP, norms) in a 2-layer encoder, loss = a fixed
+    /// random projection of the output tokens. Tolerance: 2 % relative plus 3e-4 (f32 differences
+    /// with a step of 1e-3).
+    #[test]
+    fn encoder_gradients_match_finite_differences() {
+        use super::super::params::{ParamStore, Trainable};
+        let dev = candle_core::Device::Cpu;
+        let cfg: VisionConfig = serde_json::from_value(serde_json::json!({
+            "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "image_size": 8, "patch_size": 4, "qkv_bias": true,
+            "layer_norm_eps": 1e-6
+        }))
+        .unwrap();
+        let store = ParamStore::new(HashMap::new(), Trainable::prefixes(&[""]), 3, &dev);
+        let model = VisionModel::new(&cfg, store.var_builder()).unwrap();
+        let mut rng = crate::synth::rng::SplitMix64::for_scene(1, 2);
+        let mut randn = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| super::super::params::normal(&mut rng))
+                .collect()
+        };
+        let pixels = Tensor::from_vec(randn(2 * 3 * 8 * 8), (2, 3, 8, 8), &dev).unwrap();
+        // Scaled so the loss is O(1) and the f32 differences stay precise.
+        let projection =
+            (Tensor::from_vec(randn(2 * 5 * 8), (2, 5, 8), &dev).unwrap() * 0.1).unwrap();
+        let loss_of = |m: &VisionModel| -> Tensor {
+            (m.forward(&pixels).unwrap() * &projection)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let grads = loss_of(&model).backward().unwrap();
+        let mut checked = 0;
+        for (name, var) in store.trained() {
+            let grad = grads
+                .get(var.as_tensor())
+                .expect("every tensor gets a gradient");
+            let grad: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
+            let base: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            // Three elements per tensor, spread over it.
+            for k in [0, base.len() / 2, base.len() - 1] {
+                let at = |delta: f32| -> f32 {
+                    let mut v = base.clone();
+                    v[k] += delta;
+                    var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &dev).unwrap())
+                        .unwrap();
+                    let l = loss_of(&model).to_scalar::<f32>().unwrap();
+                    var.set(
+                        &Tensor::from_vec(base.clone(), var.as_tensor().shape(), &dev).unwrap(),
+                    )
+                    .unwrap();
+                    l
+                };
+                let numeric = (at(1e-3) - at(-1e-3)) / 2e-3;
+                // 2 % of the larger, plus the f32 rounding of a difference quotient.
+                let scale = numeric.abs().max(grad[k].abs());
+                assert!(
+                    (numeric - grad[k]).abs() < 0.02 * scale + 3e-4,
+                    "{name}[{k}]: backward {} vs finite difference {numeric}",
+                    grad[k]
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3 * 20, "only {checked} elements checked");
     }
 }
