@@ -9,6 +9,11 @@
 # Runs stopped with --max-steps keep the schedule of all their epochs (that is how the
 # committed model was made: those runs were stopped there).
 #
+# The committed model was trained by the code of commit a23d51e. Two later changes alter what
+# step 2 produces: encoder pre-training's shape loss now counts object patches only, and a
+# trained encoder's q/v attention biases are now read at every step (before, training ran with
+# their initial zeros). Check out a23d51e to rerun the training the committed files came from.
+#
 # Then copy WORK/stage1 and WORK/captioner (without their training/ folders) to
 # models/demo/retrieval and models/demo/captioner, and rebuild (the demo models are embedded
 # in the binary).
