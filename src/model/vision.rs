@@ -60,8 +60,9 @@ impl Embeddings {
     }
 }
 
-/// EVA's `[q_bias; 0; v_bias]`: the fused qkv bias with the key part zero.
-fn fused_bias(q: &Tensor, v: &Tensor) -> Result<Tensor> {
+/// EVA's `[q_bias; 0; v_bias]`: the fused qkv bias with the key part zero (also what training
+/// writes in place of the separate biases).
+pub(crate) fn fused_bias(q: &Tensor, v: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[q, &q.zeros_like()?, v], 0)
 }
 

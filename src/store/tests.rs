@@ -715,27 +715,12 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Opens the store's sled database directly, as another tool would. sled releases the file
-/// lock of a dropped database a moment after `drop` (its background writes hold it), so this
-/// waits for the lock as the store's own open does.
-fn open_raw_when_released(dir: &Path) -> sled::Db {
-    let started = std::time::Instant::now();
-    loop {
-        match sled::Config::new().path(dir.join("db")).open() {
-            Ok(db) => return db,
-            Err(_) if started.elapsed() < std::time::Duration::from_secs(3) => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
-
 #[test]
 fn a_store_from_a_newer_quarry_is_refused_untouched() {
     let tmp = tempfile::tempdir().unwrap();
     drop(new_store(tmp.path()));
-    let db = open_raw_when_released(tmp.path());
+    // The store's own open: it waits for the lock the dropped store holds for a moment.
+    let db = open_db(tmp.path()).unwrap();
     let newer = quarry_migrations::CURRENT_FORMAT_VERSION + 1;
     db.insert(quarry_migrations::FORMAT_VERSION_KEY, &newer.to_be_bytes())
         .unwrap();
@@ -748,7 +733,7 @@ fn a_store_from_a_newer_quarry_is_refused_untouched() {
         .err()
         .unwrap();
     assert!(matches!(err, StoreError::Migration { .. }), "{err}");
-    let db = open_raw_when_released(tmp.path());
+    let db = open_db(tmp.path()).unwrap();
     assert_eq!(quarry_migrations::read_version(&db).unwrap(), Some(newer));
 }
 

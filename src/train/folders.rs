@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::TrainError;
+use crate::model::vision::fused_bias;
 
 /// Tokenizer and processor files carried from the starting folder to the result, when present.
 pub const CARRIED_FILES: [&str; 7] = [
@@ -132,8 +133,7 @@ pub fn fuse_qkv_biases(
             let v = tensors.get(&format!("{prefix}v_bias")).ok_or_else(|| {
                 candle_core::Error::Msg(format!("`{name}` has no matching v_bias"))
             })?;
-            let fused = Tensor::cat(&[t, &t.zeros_like()?, v], 0)?;
-            out.insert(format!("{prefix}qkv.bias"), fused);
+            out.insert(format!("{prefix}qkv.bias"), fused_bias(t, v)?);
         } else if !name.ends_with("v_bias") {
             out.insert(name.clone(), t.clone());
         }

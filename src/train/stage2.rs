@@ -20,11 +20,6 @@ use crate::tokenize::batch_from_ids;
 /// Prefixes of the tensors stage 2 trains.
 pub const STAGE2_PREFIXES: [&str; 3] = ["query_tokens", "qformer.", "language_projection."];
 
-/// The padded length of a batch (its longest caption).
-fn text_len(captions: &[Vec<u32>]) -> usize {
-    captions.iter().map(Vec::len).max().unwrap_or(0)
-}
-
 /// Labels for captions that start with `</s>`: every real token but the first.
 fn caption_labels(texts: &[Vec<u32>], longest: usize, prefix: usize) -> Vec<Vec<Option<u32>>> {
     texts
@@ -80,7 +75,8 @@ impl Stage2Model {
         let (b, q, _) = visual.dims3()?;
         let cfg = self.language_model.config();
         let text = batch_from_ids(captions, None, cfg.pad_token_id, device)?;
-        let (ids, mask, longest) = (text.input_ids, text.attention_mask, text_len(captions));
+        let longest = text.input_ids.dim(1)?;
+        let (ids, mask) = (text.input_ids, text.attention_mask);
         let embeds = Tensor::cat(&[&visual, &self.language_model.embed(&ids)?], 1)?;
         let mask = Tensor::cat(&[&Tensor::ones((b, q), mask.dtype(), device)?, &mask], 1)?;
         // Image rows predict nothing: the head runs from the `</s>` row on.
@@ -114,7 +110,7 @@ impl OptLanguageModel {
     ) -> crate::Result<Tensor> {
         let cfg = self.decoder.config();
         let text = batch_from_ids(captions, None, cfg.pad_token_id, device)?;
-        let longest = text_len(captions);
+        let longest = text.input_ids.dim(1)?;
         let (ids, mask) = (text.input_ids, text.attention_mask);
         let logits = self
             .decoder

@@ -544,6 +544,92 @@ fn written_folders_use_the_fused_attention_bias_transformers_expects() {
     );
 }
 
+/// The encoder's backward pass against central finite differences: every kind of tensor
+/// (patch embedding, positions, q/v biases, fused qkv, MLP, norms) of a 2-layer encoder trained
+/// from a fresh start, three elements each (first, middle, last); loss = a fixed random
+/// projection of the output tokens. Tolerance: 2 % of the larger value plus 3e-4 (f32 difference
+/// quotients with a step of 1e-3 on a loss of order 1).
+#[test]
+fn encoder_gradients_match_finite_differences() {
+    use quarry::train::params::{normal, ParamStore, Trainable};
+    let dev = candle_core::Device::Cpu;
+    let cfg: quarry::model::VisionConfig = serde_json::from_value(json!({
+        "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "image_size": 8, "patch_size": 4, "qkv_bias": true,
+        "layer_norm_eps": 1e-6
+    }))
+    .unwrap();
+    let store = ParamStore::new(Default::default(), Trainable::prefixes(&[""]), 3, &dev);
+    let model = quarry::model::vision::VisionModel::new(&cfg, store.var_builder()).unwrap();
+    let mut rng = quarry::synth::rng::SplitMix64::for_scene(1, 2);
+    let mut randn = |n: usize| -> Vec<f32> { (0..n).map(|_| normal(&mut rng)).collect() };
+    let pixels = candle_core::Tensor::from_vec(randn(2 * 3 * 8 * 8), (2, 3, 8, 8), &dev).unwrap();
+    // Scaled so the loss is O(1) and the f32 differences stay precise.
+    let projection =
+        (candle_core::Tensor::from_vec(randn(2 * 5 * 8), (2, 5, 8), &dev).unwrap() * 0.1).unwrap();
+    let loss = || {
+        (model.forward(&pixels).unwrap() * &projection)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let checked = assert_gradients_match(
+        &store,
+        loss,
+        |g| vec![0, g.len() / 2, g.len() - 1],
+        |_| false,
+        (0.02, 3e-4),
+    );
+    assert!(checked >= 3 * 20, "only {checked} elements checked");
+}
+
+/// Compares the backward pass of `loss` with central finite differences (step 1e-3) at the
+/// elements `pick` chooses from each trained tensor's gradient; `|numeric − backward|` must stay
+/// under `relative × max(|numeric|, |backward|) + slack`. A tensor without a gradient is an
+/// error unless `may_lack_gradient` says otherwise. Returns how many elements were checked.
+fn assert_gradients_match(
+    store: &quarry::train::params::ParamStore,
+    loss: impl Fn() -> candle_core::Tensor,
+    pick: impl Fn(&[f32]) -> Vec<usize>,
+    may_lack_gradient: impl Fn(&str) -> bool,
+    (relative, slack): (f32, f32),
+) -> usize {
+    let grads = loss().backward().unwrap();
+    let mut checked = 0;
+    for (name, var) in store.trained() {
+        let Some(grad) = grads.get(var.as_tensor()) else {
+            assert!(may_lack_gradient(&name), "{name} gets no gradient");
+            continue;
+        };
+        let grad: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
+        let base: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let shape = var.as_tensor().shape().clone();
+        let set = |values: Vec<f32>| {
+            var.set(&candle_core::Tensor::from_vec(values, shape.clone(), var.device()).unwrap())
+                .unwrap()
+        };
+        for k in pick(&grad) {
+            let at = |delta: f32| -> f32 {
+                let mut v = base.clone();
+                v[k] += delta;
+                set(v);
+                let l = loss().to_scalar::<f32>().unwrap();
+                set(base.clone());
+                l
+            };
+            let numeric = (at(1e-3) - at(-1e-3)) / 2e-3;
+            let scale = numeric.abs().max(grad[k].abs());
+            assert!(
+                (numeric - grad[k]).abs() < relative * scale + slack,
+                "{name}[{k}]: backward {} vs finite difference {numeric}",
+                grad[k]
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
 /// The backward pass of the stage-1 objective (ITC, ITM and ITG through the three masks,
 /// cross-attention, heads and the ITG head tied to the word embeddings) against central finite
 /// differences, for two elements of every trained tensor of the `small_a` fixture: the one with
@@ -608,44 +694,20 @@ fn check_stage1_gradients(objectives: quarry::train::stage1::Objectives, slack: 
             .total()
             .unwrap()
     };
-    let grads = loss().backward().unwrap();
-    let mut checked = 0;
-    for (name, var) in store.trained() {
-        let Some(grad) = grads.get(var.as_tensor()) else {
-            // Only the head of an objective left out has none.
-            assert!(
-                (!objectives.itg && name.starts_with("cls."))
-                    || (!objectives.itm && name.starts_with("itm_head.")),
-                "{name} gets no gradient"
-            );
-            continue;
-        };
-        let grad: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
-        let base: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-        let largest = (0..grad.len())
-            .max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs()))
-            .unwrap();
-        for k in [largest, base.len() / 2] {
-            let at = |delta: f32| -> f32 {
-                let mut v = base.clone();
-                v[k] += delta;
-                let shape = var.as_tensor().shape().clone();
-                var.set(&candle_core::Tensor::from_vec(v, shape.clone(), &dev).unwrap())
-                    .unwrap();
-                let l = loss().to_scalar::<f32>().unwrap();
-                var.set(&candle_core::Tensor::from_vec(base.clone(), shape, &dev).unwrap())
-                    .unwrap();
-                l
-            };
-            let numeric = (at(1e-3) - at(-1e-3)) / 2e-3;
-            let scale = numeric.abs().max(grad[k].abs());
-            assert!(
-                (numeric - grad[k]).abs() < 0.03 * scale + slack,
-                "{name}[{k}]: backward {} vs finite difference {numeric}",
-                grad[k]
-            );
-            checked += 1;
-        }
-    }
-    checked
+    assert_gradients_match(
+        &store,
+        loss,
+        |g| {
+            let largest = (0..g.len())
+                .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
+                .unwrap();
+            vec![largest, g.len() / 2]
+        },
+        // Only the head of an objective left out has none.
+        |name| {
+            (!objectives.itg && name.starts_with("cls."))
+                || (!objectives.itm && name.starts_with("itm_head."))
+        },
+        (0.03, slack),
+    )
 }
