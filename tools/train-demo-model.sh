@@ -4,7 +4,7 @@
 # preprocessing and the real bert-base-uncased+[DEC] and OPT tokenizers) and on synthetic
 # scenes (training seed 1; the held-out test set uses seed 2, the `quarry demo` scenes seed 7).
 #
-#   tools/train-demo-model.sh [WORK_DIR]      (default: ./demo-training; ~1.5 h on 2 CPU cores)
+#   tools/train-demo-model.sh [WORK_DIR]      (default: ./demo-training; ~1 h 40 min on 2 CPU cores)
 #
 # Runs stopped with --max-steps keep the schedule of all their epochs (that is how the
 # committed model was made: those runs were stopped there).

@@ -721,7 +721,8 @@ fn check_stage1_gradients(
                 .unwrap();
             vec![largest, g.len() / 2]
         },
-        // Only the head of an objective left out has none.
+        // An objective left out leaves its head without a gradient; ITM alone also leaves
+        // ITC's temperature and projections without one.
         |name| {
             (!objectives.itg && name.starts_with("cls."))
                 || (!objectives.itm && name.starts_with("itm_head."))
