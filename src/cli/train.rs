@@ -118,8 +118,11 @@ struct Stage1Args {
     /// Initialise the Q-Former from BERT weights (a folder with model.safetensors).
     #[arg(long, value_name = "DIR")]
     bert: Option<PathBuf>,
-    /// Objectives, comma-separated: itc always; itm and itg as BLIP-2 (default all three).
-    /// `--objectives itc` first aligns a Q-Former that starts from nothing much sooner.
+    /// Objectives to minimise, comma-separated (default all three, as BLIP-2). ITC's
+    /// similarities are always computed: ITM draws its hard negatives from them.
+    /// `--objectives itc` first aligns a Q-Former that starts from nothing much sooner;
+    /// `--objectives itm` for a few dozen steps then moves ITM off the class prior, where ITC's
+    /// larger gradient otherwise holds it.
     #[arg(long, value_delimiter = ',', default_value = "itc,itm,itg")]
     objectives: Vec<Objective>,
 }
@@ -311,6 +314,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 train_vision: a.train_vision,
                 bert_init: a.bert.clone(),
                 objectives: quarry::train::stage1::Objectives {
+                    itc: a.objectives.contains(&Objective::Itc),
                     itm: a.objectives.contains(&Objective::Itm),
                     itg: a.objectives.contains(&Objective::Itg),
                 },

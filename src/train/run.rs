@@ -135,7 +135,12 @@ trait Job {
     fn steps_per_epoch(&self) -> usize {
         self.set().steps_per_epoch(self.settings().batch)
     }
+    /// The losses of one step, by name; all are minimised but those in [`Job::reported_only`].
     fn losses(&self, step: usize) -> Result<Vec<(&'static str, Tensor)>, TrainError>;
+    /// Losses computed and reported but not minimised.
+    fn reported_only(&self) -> &'static [&'static str] {
+        &[]
+    }
     fn write_model(&self, store: &ParamStore, dtype: DType) -> Result<(), TrainError>;
 }
 
@@ -212,7 +217,7 @@ pub struct Stage1Options {
     pub train_vision: bool,
     /// Initialise the Q-Former from BERT weights in this folder (cross-attention fresh).
     pub bert_init: Option<PathBuf>,
-    /// Objectives besides ITC (default: ITM and ITG, as BLIP-2).
+    /// The objectives minimised (default: all three, as BLIP-2).
     pub objectives: Objectives,
 }
 
@@ -273,6 +278,14 @@ impl Job for Stage1Job {
         Ok(out)
     }
 
+    fn reported_only(&self) -> &'static [&'static str] {
+        if self.objectives.itc {
+            &[]
+        } else {
+            &["itc"]
+        }
+    }
+
     fn write_model(&self, store: &ParamStore, dtype: DType) -> Result<(), TrainError> {
         let tensors: BTreeMap<String, Tensor> = store
             .all_tensors()
@@ -298,6 +311,11 @@ pub fn train_stage1(
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary, TrainError> {
     let prepare = Instant::now();
+    if !options.objectives.any() {
+        return Err(TrainError::Input(
+            "stage 1 needs at least one objective to minimise (itc, itm or itg)".into(),
+        ));
+    }
     let device = settings.device.clone();
     let config_json = read_config(&paths.init)?;
     let config = parse_config::<Blip2Config>(&config_json, &paths.init)?;
@@ -833,10 +851,15 @@ fn run_loop(
     let mut last = Vec::new();
     for step in start..total {
         let losses = job.losses(step)?;
-        let mut total_loss = losses[0].1.clone();
-        for (_, l) in &losses[1..] {
-            total_loss = (total_loss + l)?;
-        }
+        let reported_only = job.reported_only();
+        let mut minimised = losses
+            .iter()
+            .filter(|(n, _)| !reported_only.contains(n))
+            .map(|(_, l)| l);
+        let head = minimised
+            .next()
+            .ok_or_else(|| TrainError::Input("no objective is minimised".into()))?;
+        let total_loss = minimised.try_fold(head.clone(), |t, l| t + l)?;
         let grads = total_loss.backward()?;
         let lr = schedule.lr(step);
         let update = optimizer.update(&grads, lr)?;

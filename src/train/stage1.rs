@@ -96,21 +96,37 @@ pub struct Stage1Model {
     pad_token: u32,
 }
 
-/// Which objectives a step computes besides ITC (which ITM's hard negatives need anyway).
+/// Which objectives a step minimises. ITC is always computed (ITM's hard negatives are drawn
+/// from its similarities) but is minimised only when `itc` is set.
+///
 /// BLIP-2 trains all three; a Q-Former that starts from nothing (no BERT weights) aligns the two
 /// modalities far sooner with ITC alone first, because ITG's large language-modelling gradient
-/// otherwise dominates the shared layers for the first thousands of steps.
+/// otherwise dominates the shared layers for the first thousands of steps. After such an ITC
+/// phase, ITM stays at the class prior when trained with ITC: its gradient on the shared layers
+/// is a small fraction of ITC's and cannot move them off the saddle where every pair gets the
+/// same score. A few dozen steps of ITM alone move it off; from there ITC and ITM train together
+/// and both improve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Objectives {
+    /// Image–text contrastive.
+    pub itc: bool,
     /// Image–text matching.
     pub itm: bool,
     /// Image-grounded text generation.
     pub itg: bool,
 }
 
+impl Objectives {
+    /// Whether at least one objective is minimised.
+    pub fn any(&self) -> bool {
+        self.itc || self.itm || self.itg
+    }
+}
+
 impl Default for Objectives {
     fn default() -> Self {
         Self {
+            itc: true,
             itm: true,
             itg: true,
         }
@@ -126,16 +142,21 @@ pub struct Stage1Losses {
     pub itm: Option<Tensor>,
     /// Image-grounded text generation, when computed.
     pub itg: Option<Tensor>,
+    /// Whether ITC is minimised or only computed for ITM's hard negatives.
+    pub itc_minimised: bool,
 }
 
 impl Stage1Losses {
     /// The sum that is minimised.
     pub fn total(&self) -> candle_core::Result<Tensor> {
-        let mut t = self.itc.clone();
-        for l in [&self.itm, &self.itg].into_iter().flatten() {
-            t = (t + l)?;
-        }
-        Ok(t)
+        let itc = self.itc_minimised.then_some(&self.itc);
+        let mut minimised = [itc, self.itm.as_ref(), self.itg.as_ref()]
+            .into_iter()
+            .flatten();
+        let first = minimised
+            .next()
+            .ok_or_else(|| candle_core::Error::Msg("no objective is minimised".into()))?;
+        minimised.try_fold(first.clone(), |t, l| t + l)
     }
 }
 
@@ -249,7 +270,12 @@ impl Stage1Model {
         } else {
             None
         };
-        Ok(Stage1Losses { itc, itm, itg })
+        Ok(Stage1Losses {
+            itc,
+            itm,
+            itg,
+            itc_minimised: objectives.itc,
+        })
     }
 
     /// ITM over one positive and two hard-negative pairs per example.

@@ -189,6 +189,72 @@ fn every_stage_lowers_its_losses_and_writes_folders_inference_loads() {
     assert!(names.keys().all(|k| k != "temp" && !k.starts_with("cls.")));
     assert!(names.contains_key("qformer.encoder.layer.0.crossattention.attention.key.weight"));
 
+    // `--objectives itm`: ITC is computed and reported (its similarities pick the hard
+    // negatives) but not minimised, so its projections stay as they were; ITM trains.
+    let itm_only = tmp.path().join("itm-only");
+    let s = train_stage1(
+        &paths(&data, &stage1, &itm_only),
+        &Stage1Options {
+            objectives: quarry::train::stage1::Objectives {
+                itc: false,
+                itm: true,
+                itg: false,
+            },
+            ..Default::default()
+        },
+        &settings(10, 6),
+        &mut quiet,
+    )
+    .unwrap();
+    let (itc, itm, total) = (
+        loss(&s.last_losses, "itc"),
+        loss(&s.last_losses, "itm"),
+        loss(&s.last_losses, "total"),
+    );
+    assert!(
+        itc > 0.0 && (total - itm).abs() < 1e-6,
+        "{:?}",
+        s.last_losses
+    );
+    let before = &names;
+    let after = candle_core::safetensors::load(
+        itm_only.join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let differs = |name: &str| {
+        before[name]
+            .sub(&after[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    };
+    assert!(!differs("text_projection.weight") && !differs("vision_projection.weight"));
+    assert!(differs("itm_head.weight"));
+    // Nothing to minimise: refused before any data is read.
+    let none = train_stage1(
+        &paths(&data, &stage1, &tmp.path().join("none")),
+        &Stage1Options {
+            objectives: quarry::train::stage1::Objectives {
+                itc: false,
+                itm: false,
+                itg: false,
+            },
+            ..Default::default()
+        },
+        &settings(1, 6),
+        &mut quiet,
+    );
+    assert!(none
+        .unwrap_err()
+        .to_string()
+        .contains("at least one objective"));
+
     // The language model alone, then stage 2 into it, on 16 images seen many times over (a
     // short run on CPU has to over-fit to show that the gradient reaches the Q-Former through
     // the frozen decoder).
@@ -637,39 +703,20 @@ fn assert_gradients_match(
 /// at every evaluation. Tolerance: 3 % of the larger value plus 1e-3 for ITC + ITM (a loss of
 /// about 1.4); ITC + ITG is checked separately with 5e-3 added, since its loss of about 11
 /// rounds the f32 difference quotient (step 1e-3) to steps of 1.9e-3. ITM is also checked on
-/// its own with 2e-4 added: its gradients on the shared layers are around 1e-2, small enough
-/// for ITC's to hide an error in them within the combined check's slack.
+/// its own (`--objectives itm`: ITC computed for the hard negatives, not minimised) with 2e-4
+/// added: its gradients on the shared layers are around 1e-2, small enough for ITC's to hide
+/// an error in them within the combined check's slack.
 #[test]
 fn stage1_gradients_match_finite_differences() {
     use quarry::train::stage1::Objectives;
-    let matching = Objectives {
-        itm: true,
-        itg: false,
-    };
-    let generation = Objectives {
-        itm: false,
-        itg: true,
-    };
-    assert!(check_stage1_gradients(matching, Loss::Total, 1e-3) > 40);
-    assert!(check_stage1_gradients(generation, Loss::Total, 5e-3) > 40);
-    assert!(check_stage1_gradients(matching, Loss::ItmAlone, 2e-4) > 40);
-}
-
-/// Which loss a gradient check differentiates.
-#[derive(Clone, Copy, PartialEq)]
-enum Loss {
-    /// The sum of the objectives computed.
-    Total,
-    /// ITM alone: the ITC temperature and projections and the ITG head get no gradient.
-    ItmAlone,
+    let objectives = |itc, itm, itg| Objectives { itc, itm, itg };
+    assert!(check_stage1_gradients(objectives(true, true, false), 1e-3) > 40);
+    assert!(check_stage1_gradients(objectives(true, false, true), 5e-3) > 40);
+    assert!(check_stage1_gradients(objectives(false, true, false), 2e-4) > 40);
 }
 
 /// Checks the gradients of `objectives` (see above); returns how many elements were checked.
-fn check_stage1_gradients(
-    objectives: quarry::train::stage1::Objectives,
-    which: Loss,
-    slack: f32,
-) -> usize {
+fn check_stage1_gradients(objectives: quarry::train::stage1::Objectives, slack: f32) -> usize {
     use quarry::train::losses::Positives;
     use quarry::train::stage1::{Stage1Model, QFORMER_PREFIXES};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/retrieval/small_a");
@@ -704,13 +751,11 @@ fn check_stage1_gradients(
     let positives = Positives::from_groups(&[0, 1, 2]);
     let loss = || -> candle_core::Tensor {
         let mut rng = quarry::synth::rng::SplitMix64::for_scene(9, 9);
-        let losses = model
+        model
             .losses(&tokens, &texts, &positives, &mut rng, objectives)
-            .unwrap();
-        match which {
-            Loss::Total => losses.total().unwrap(),
-            Loss::ItmAlone => losses.itm.unwrap(),
-        }
+            .unwrap()
+            .total()
+            .unwrap()
     };
     assert_gradients_match(
         &store,
@@ -721,12 +766,12 @@ fn check_stage1_gradients(
                 .unwrap();
             vec![largest, g.len() / 2]
         },
-        // An objective left out leaves its head without a gradient; ITM alone also leaves
-        // ITC's temperature and projections without one.
+        // An objective left out leaves its head without a gradient; ITC left out leaves its
+        // temperature and projections without one.
         |name| {
             (!objectives.itg && name.starts_with("cls."))
                 || (!objectives.itm && name.starts_with("itm_head."))
-                || (which == Loss::ItmAlone
+                || (!objectives.itc
                     && (name == "temp"
                         || name.starts_with("vision_projection.")
                         || name.starts_with("text_projection.")))
