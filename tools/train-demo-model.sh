@@ -4,7 +4,7 @@
 # preprocessing and the real bert-base-uncased+[DEC] and OPT tokenizers) and on synthetic
 # scenes (training seed 1; the held-out test set uses seed 2, the `quarry demo` scenes seed 7).
 #
-#   tools/train-demo-model.sh [WORK_DIR]      (default: ./demo-training; ~1 h 40 min on 2 CPU cores)
+#   tools/train-demo-model.sh [WORK_DIR]      (default: ./demo-training; ~2 h on 2 CPU cores)
 #
 # Runs stopped with --max-steps keep the schedule of all their epochs (that is how the
 # committed model was made: those runs were stopped there).
@@ -41,7 +41,8 @@ T5=$WORK/synth-train; T20=$WORK/synth-train20k
 
 # 4. BLIP-2 stage 1 against the frozen encoder. The Q-Former starts from nothing (no BERT
 #    weights here), so ITC alone first aligns the modalities (a: 5 000 scenes; b: 20 000;
-#    c: batches of 128 for harder in-batch negatives), then ITC + ITM + ITG train together (d).
+#    c–c3: batches of 128 and 256 for harder in-batch negatives), then ITC + ITM + ITG train
+#    together (d).
 "$Q" train stage1 --data "$T5" --init $R/demo-retrieval --vision-from "$WORK/vit" \
   --out "$WORK/stage1-a" --objectives itc --epochs 6 --batch 32 --lr 1e-3 --min-lr 1e-5 \
   --warmup-lr 1e-6 --warmup-steps 50 --seed 31 --save-every 100 --log-every 10
@@ -51,7 +52,14 @@ T5=$WORK/synth-train; T20=$WORK/synth-train20k
 "$Q" train stage1 --data "$T20" --init "$WORK/stage1-b" --out "$WORK/stage1-c" --objectives itc \
   --epochs 2 --batch 128 --lr 5e-4 --min-lr 1e-5 --warmup-lr 1e-6 --warmup-steps 20 --seed 33 \
   --save-every 50 --log-every 10
-"$Q" train stage1 --data "$T20" --init "$WORK/stage1-c" --out "$WORK/stage1" \
+# c2, c3: c continued (its ITC loss was still falling), the second in batches of 256.
+"$Q" train stage1 --data "$T20" --init "$WORK/stage1-c" --out "$WORK/stage1-c2" --objectives itc \
+  --epochs 1 --batch 128 --lr 3e-4 --min-lr 1e-5 --warmup-lr 1e-6 --warmup-steps 10 --seed 37 \
+  --save-every 52 --log-every 13
+"$Q" train stage1 --data "$T20" --init "$WORK/stage1-c2" --out "$WORK/stage1-c3" --objectives itc \
+  --epochs 2 --batch 256 --lr 3e-4 --min-lr 1e-5 --warmup-lr 1e-6 --warmup-steps 8 --seed 38 \
+  --save-every 26 --log-every 13
+"$Q" train stage1 --data "$T20" --init "$WORK/stage1-c3" --out "$WORK/stage1" \
   --epochs 1 --max-steps 200 --batch 48 --lr 2e-4 --min-lr 1e-5 --warmup-lr 1e-6 \
   --warmup-steps 20 --seed 34 --save-every 50 --log-every 10 --save-dtype f16
 
