@@ -124,6 +124,23 @@ fn loss(l: &[(&str, f32)], name: &str) -> f32 {
 
 fn quiet(_: &TrainEvent) {}
 
+/// Stage-1 objectives to minimise.
+fn objectives(itc: bool, itm: bool, itg: bool) -> quarry::train::stage1::Objectives {
+    quarry::train::stage1::Objectives { itc, itm, itg }
+}
+
+/// The largest absolute difference between two tensors of one shape.
+fn max_abs_difference(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    a.sub(b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// Stage 1 with the encoder trained too (the tiny encoder has no pre-trained weights), then
 /// stage 1 proper against it frozen: every objective's loss is lower after a short run.
 fn stage1_twice(tmp: &Path, data: &Path) -> (PathBuf, TrainSummary, TrainSummary) {
@@ -191,21 +208,19 @@ fn every_stage_lowers_its_losses_and_writes_folders_inference_loads() {
 
     // `--objectives itm`: ITC is computed and reported (its similarities pick the hard
     // negatives) but not minimised, so its projections stay as they were; ITM trains.
-    let itm_only = tmp.path().join("itm-only");
-    let s = train_stage1(
-        &paths(&data, &stage1, &itm_only),
-        &Stage1Options {
-            objectives: quarry::train::stage1::Objectives {
-                itc: false,
-                itm: true,
-                itg: false,
+    let continue_with = |objectives, out: &Path, steps| {
+        train_stage1(
+            &paths(&data, &stage1, out),
+            &Stage1Options {
+                objectives,
+                ..Default::default()
             },
-            ..Default::default()
-        },
-        &settings(10, 6),
-        &mut quiet,
-    )
-    .unwrap();
+            &settings(steps, 6),
+            &mut quiet,
+        )
+    };
+    let itm_only = tmp.path().join("itm-only");
+    let s = continue_with(objectives(false, true, false), &itm_only, 10).unwrap();
     let (itc, itm, total) = (
         loss(&s.last_losses, "itc"),
         loss(&s.last_losses, "itm"),
@@ -222,34 +237,11 @@ fn every_stage_lowers_its_losses_and_writes_folders_inference_loads() {
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    let differs = |name: &str| {
-        before[name]
-            .sub(&after[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            > 0.0
-    };
+    let differs = |name: &str| max_abs_difference(&before[name], &after[name]) > 0.0;
     assert!(!differs("text_projection.weight") && !differs("vision_projection.weight"));
     assert!(differs("itm_head.weight"));
     // Nothing to minimise: refused before any data is read.
-    let none = train_stage1(
-        &paths(&data, &stage1, &tmp.path().join("none")),
-        &Stage1Options {
-            objectives: quarry::train::stage1::Objectives {
-                itc: false,
-                itm: false,
-                itg: false,
-            },
-            ..Default::default()
-        },
-        &settings(1, 6),
-        &mut quiet,
-    );
+    let none = continue_with(objectives(false, false, false), &tmp.path().join("none"), 1);
     assert!(none
         .unwrap_err()
         .to_string()
@@ -304,17 +296,7 @@ fn every_stage_lowers_its_losses_and_writes_folders_inference_loads() {
             .unwrap()
     };
     let (s1w, s2w, optw) = (load(&stage1), load(&captioner), load(&opt));
-    let same = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
-        a.sub(b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            == 0.0
-    };
+    let same = |a, b| max_abs_difference(a, b) == 0.0;
     assert!(same(
         &s1w["vision_model.encoder.layers.0.mlp.fc1.weight"],
         &s2w["vision_model.encoder.layers.0.mlp.fc1.weight"]
@@ -398,15 +380,7 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     let (a, b) = (load(&straight), load(&resumed));
     assert_eq!(a.len(), b.len());
     for (name, t) in &a {
-        let diff: f32 = t
-            .sub(&b[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_difference(t, &b[name]);
         // Same batches, negatives, moments and schedule: only summation order in the
         // parallel kernels may differ.
         assert!(diff < 1e-5, "{name} differs by {diff}");
@@ -547,16 +521,7 @@ fn the_differentiable_path_equals_inference_on_a_checkpoint() {
     let (img, txt) = model.itc_vectors(&tokens, &texts).unwrap();
     let want_img = inference.embed_images(&pixels).unwrap();
     let want_txt = inference.embed_texts(&texts).unwrap();
-    let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| -> f32 {
-        a.sub(b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    };
+    let diff = max_abs_difference;
     // Same formulas, different summation order (tensor ops vs fused passes).
     assert!(
         diff(&img, &want_img) < 1e-5,
@@ -708,8 +673,6 @@ fn assert_gradients_match(
 /// an error in them within the combined check's slack.
 #[test]
 fn stage1_gradients_match_finite_differences() {
-    use quarry::train::stage1::Objectives;
-    let objectives = |itc, itm, itg| Objectives { itc, itm, itg };
     assert!(check_stage1_gradients(objectives(true, true, false), 1e-3) > 40);
     assert!(check_stage1_gradients(objectives(true, false, true), 5e-3) > 40);
     assert!(check_stage1_gradients(objectives(false, true, false), 2e-4) > 40);
