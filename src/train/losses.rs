@@ -17,6 +17,15 @@ use rayon::prelude::*;
 
 use crate::synth::rng::SplitMix64;
 
+/// The sum of `losses`; an error when there are none (nothing to minimise).
+pub fn sum_losses<'a>(losses: impl IntoIterator<Item = &'a Tensor>) -> candle_core::Result<Tensor> {
+    let mut losses = losses.into_iter();
+    let first = losses
+        .next()
+        .ok_or_else(|| candle_core::Error::Msg("no objective is minimised".into()))?;
+    losses.try_fold(first.clone(), |sum, l| sum + l)
+}
+
 /// Cross-entropy of `logits` [N, C] against target distributions `targets` [N, C] (rows sum
 /// to 1), with label smoothing `smoothing` (torch's definition: the target becomes
 /// `(1 − ε)·target + ε/C`); the mean over rows.

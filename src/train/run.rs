@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::data::{step_rng, Pixels, TrainSet};
 use super::folders::{read_config, read_tensors, write_model_folder, write_safetensors};
-use super::losses::Positives;
+use super::losses::{sum_losses, Positives};
 use super::optim::{AdamW, AdamWSettings, Schedule};
 use super::params::{ParamStore, Trainable};
 use super::stage1::{is_training_only, Objectives, Stage1Model, QFORMER_PREFIXES, TEMP};
@@ -135,13 +135,23 @@ trait Job {
     fn steps_per_epoch(&self) -> usize {
         self.set().steps_per_epoch(self.settings().batch)
     }
-    /// The losses of one step, by name; all are minimised but those in [`Job::reported_only`].
-    fn losses(&self, step: usize) -> Result<Vec<(&'static str, Tensor)>, TrainError>;
-    /// Losses computed and reported but not minimised.
-    fn reported_only(&self) -> &'static [&'static str] {
-        &[]
-    }
+    fn losses(&self, step: usize) -> Result<StepLosses, TrainError>;
     fn write_model(&self, store: &ParamStore, dtype: DType) -> Result<(), TrainError>;
+}
+
+/// One step's losses: each by name, as reported, and the sum that is minimised (not always
+/// all of them: stage 1 can report ITC without minimising it).
+struct StepLosses {
+    named: Vec<(&'static str, Tensor)>,
+    minimised: Tensor,
+}
+
+impl StepLosses {
+    /// Every loss minimised.
+    fn all(named: Vec<(&'static str, Tensor)>) -> candle_core::Result<Self> {
+        let minimised = sum_losses(named.iter().map(|(_, l)| l))?;
+        Ok(Self { named, minimised })
+    }
 }
 
 /// Where a run starts and where it writes.
@@ -242,7 +252,7 @@ impl Job for Stage1Job {
         &self.settings
     }
 
-    fn losses(&self, step: usize) -> Result<Vec<(&'static str, Tensor)>, TrainError> {
+    fn losses(&self, step: usize) -> Result<StepLosses, TrainError> {
         let s = &self.settings;
         let batch = self.set.batch(s.seed, s.batch, step);
         let tokens = match &self.features {
@@ -272,18 +282,11 @@ impl Job for Stage1Job {
         let l = self
             .model
             .losses(&tokens, &ids, &positives, &mut rng, self.objectives)?;
-        let mut out = vec![("itc", l.itc)];
-        out.extend(l.itm.map(|t| ("itm", t)));
-        out.extend(l.itg.map(|t| ("itg", t)));
-        Ok(out)
-    }
-
-    fn reported_only(&self) -> &'static [&'static str] {
-        if self.objectives.itc {
-            &[]
-        } else {
-            &["itc"]
-        }
+        let minimised = l.total()?;
+        let mut named = vec![("itc", l.itc)];
+        named.extend(l.itm.map(|t| ("itm", t)));
+        named.extend(l.itg.map(|t| ("itg", t)));
+        Ok(StepLosses { named, minimised })
     }
 
     fn write_model(&self, store: &ParamStore, dtype: DType) -> Result<(), TrainError> {
@@ -452,13 +455,13 @@ impl Job for VisionJob {
         &self.settings
     }
 
-    fn losses(&self, step: usize) -> Result<Vec<(&'static str, Tensor)>, TrainError> {
+    fn losses(&self, step: usize) -> Result<StepLosses, TrainError> {
         let s = &self.settings;
         let batch = self.set.batch(s.seed, s.batch, step);
         let pixels = self.pixels.batch(&batch.images, &s.device)?;
         let labels: Vec<&PatchLabels> = batch.images.iter().map(|&i| &self.labels[i]).collect();
         let (colour, shape) = self.model.losses(&pixels, &labels)?;
-        Ok(vec![("colour", colour), ("shape", shape)])
+        Ok(StepLosses::all(vec![("colour", colour), ("shape", shape)])?)
     }
 
     fn write_model(&self, store: &ParamStore, dtype: DType) -> Result<(), TrainError> {
@@ -593,7 +596,7 @@ impl Job for Stage2Job {
         &self.settings
     }
 
-    fn losses(&self, step: usize) -> Result<Vec<(&'static str, Tensor)>, TrainError> {
+    fn losses(&self, step: usize) -> Result<StepLosses, TrainError> {
         let s = &self.settings;
         let batch = self.set.batch(s.seed, s.batch, step);
         let tokens = self.features.batch(&batch.images)?;
@@ -602,7 +605,10 @@ impl Job for Stage2Job {
             .iter()
             .map(|c| self.captions.encode(c))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(vec![("lm", self.model.loss(&tokens, &ids)?)])
+        Ok(StepLosses::all(vec![(
+            "lm",
+            self.model.loss(&tokens, &ids)?,
+        )])?)
     }
 
     fn write_model(&self, store: &ParamStore, dtype: DType) -> Result<(), TrainError> {
@@ -734,7 +740,7 @@ impl Job for LmJob {
         &self.settings
     }
 
-    fn losses(&self, step: usize) -> Result<Vec<(&'static str, Tensor)>, TrainError> {
+    fn losses(&self, step: usize) -> Result<StepLosses, TrainError> {
         let s = &self.settings;
         let batch = self.set.batch(s.seed, s.batch, step);
         let encoded = batch
@@ -755,7 +761,10 @@ impl Job for LmJob {
                 seq
             })
             .collect();
-        Ok(vec![("lm", self.model.loss(&ids, &s.device)?)])
+        Ok(StepLosses::all(vec![(
+            "lm",
+            self.model.loss(&ids, &s.device)?,
+        )])?)
     }
 
     fn write_model(&self, store: &ParamStore, dtype: DType) -> Result<(), TrainError> {
@@ -850,16 +859,10 @@ fn run_loop(
     let mut in_window = 0;
     let mut last = Vec::new();
     for step in start..total {
-        let losses = job.losses(step)?;
-        let reported_only = job.reported_only();
-        let mut minimised = losses
-            .iter()
-            .filter(|(n, _)| !reported_only.contains(n))
-            .map(|(_, l)| l);
-        let head = minimised
-            .next()
-            .ok_or_else(|| TrainError::Input("no objective is minimised".into()))?;
-        let total_loss = minimised.try_fold(head.clone(), |t, l| t + l)?;
+        let StepLosses {
+            named: losses,
+            minimised: total_loss,
+        } = job.losses(step)?;
         let grads = total_loss.backward()?;
         let lr = schedule.lr(step);
         let update = optimizer.update(&grads, lr)?;
