@@ -104,11 +104,13 @@ pub struct Stage1Model {
 /// BLIP-2 trains all three; a Q-Former that starts from nothing (no BERT weights) aligns the two
 /// modalities far sooner with ITC alone first, because ITG's large language-modelling gradient
 /// otherwise dominates the shared layers for the first thousands of steps. After such an ITC
-/// phase, ITM stays at the class prior when trained with ITC: its gradient on the shared layers
-/// is a small fraction of ITC's and cannot move them off the saddle where every pair gets the
-/// same score. A few dozen steps of ITM alone move it off (at ITC's expense); trained together
-/// again, ITC recovers and ITM stays below the prior, though it gives back much of what it
-/// learned alone (measured in issue #7's notes).
+/// phase, ITM stays at the class prior when trained with ITC: it sits on a saddle where every
+/// pair gets the same score and its own gradient is near zero, so neither weighting it 10× nor
+/// drawing its negatives at random moves it while Adam's step sizes are set by ITC's far larger
+/// gradient. A few dozen steps of ITM alone move it off (Adam rescales its small gradient; ITC
+/// pays for it); trained together again, ITC recovers and ITM stays below the prior but gives
+/// back much of what it learned alone, because the negatives ITC draws become hard again
+/// (measured in issue #7's notes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Objectives {
     /// Image–text contrastive.
