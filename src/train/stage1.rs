@@ -103,11 +103,11 @@ pub struct Stage1Model {
 ///
 /// BLIP-2 trains all three; a Q-Former that starts from nothing (no BERT weights) aligns the two
 /// modalities far sooner with ITC alone first, because ITG's large language-modelling gradient
-/// otherwise dominates the shared layers for the first thousands of steps. After such an ITC
-/// phase, ITM stays at the class prior when trained with ITC: it sits on a saddle where every
-/// pair gets the same score and its own gradient is near zero, so neither weighting it 10× nor
-/// drawing its negatives at random moves it while Adam's step sizes are set by ITC's far larger
-/// gradient. A few dozen steps of ITM alone move it off (Adam rescales its small gradient; ITC
+/// otherwise dominates the shared layers for the first thousands of steps. ITM trained with
+/// ITC stays at the class prior, both after such an ITC phase and from the first step: it sits
+/// on a saddle where every pair gets the same score and its own gradient is near zero, so
+/// neither weighting it 10× nor drawing its negatives at random moves it while Adam's step
+/// sizes are set by ITC's far larger gradient. A few dozen steps of ITM alone move it off (Adam rescales its small gradient; ITC
 /// pays for it); trained together again, ITC recovers and ITM stays below the prior but gives
 /// back much of what it learned alone, because the negatives ITC draws become hard again
 /// (measured in issue #7's notes).
