@@ -121,8 +121,8 @@ struct Stage1Args {
     /// Objectives to minimise, comma-separated (default all three, as BLIP-2). ITC's
     /// similarities are always computed: ITM draws its hard negatives from them.
     /// `--objectives itc` first aligns a Q-Former that starts from nothing much sooner;
-    /// `--objectives itm` for a few dozen steps then moves ITM off the class prior, where ITC's
-    /// larger gradient otherwise holds it.
+    /// `--objectives itm` for a few dozen steps then moves ITM off the class prior, where it
+    /// stays when trained together with ITC.
     #[arg(long, value_delimiter = ',', default_value = "itc,itm,itg")]
     objectives: Vec<Objective>,
 }

@@ -107,10 +107,10 @@ pub struct Stage1Model {
 /// ITC stays at the class prior, both after such an ITC phase and from the first step: it sits
 /// on a saddle where every pair gets the same score and its own gradient is near zero, so
 /// neither weighting it 10× nor drawing its negatives at random moves it while Adam's step
-/// sizes are set by ITC's far larger gradient. A few dozen steps of ITM alone move it off (Adam rescales its small gradient; ITC
-/// pays for it); trained together again, ITC recovers and ITM stays below the prior but gives
-/// back much of what it learned alone, because the negatives ITC draws become hard again
-/// (measured in issue #7's notes).
+/// sizes are set by ITC's far larger gradient. A few dozen steps of ITM alone move it off
+/// (Adam rescales its small gradient; ITC pays for it); trained together again, ITC recovers
+/// and ITM stays below the prior but gives back much of what it learned alone, because the
+/// negatives ITC draws become hard again (measured in issue #7's notes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Objectives {
     /// Image–text contrastive.
