@@ -67,6 +67,11 @@ pub struct ServerFlags {
 }
 
 impl ServerFlags {
+    /// Makes `n` the re-rank default unless `--rerank` was given.
+    pub fn default_rerank(&mut self, n: usize) {
+        self.rerank.get_or_insert(n);
+    }
+
     /// Checks the flags before anything slow happens: the numbers are in range and the
     /// address can be listened on (a port in use is the usual first-run problem).
     pub fn check(&self) -> Result<()> {

@@ -394,6 +394,9 @@ fn demo_serves_the_page_and_says_when_the_port_is_taken() {
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     let hits: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(hits["hits"].as_array().unwrap().len(), 3, "{hits}");
+    // The demo searches without ITM re-ranking unless asked (its ITM head ranks worse).
+    assert!(hits["hits"][0]["scores"]["itm"].is_null(), "{hits}");
+    assert_eq!(hits["reranked"], 0, "{hits}");
     let (code, _, body) = page.unwrap();
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains("<html"));
