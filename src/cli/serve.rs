@@ -49,7 +49,7 @@ pub struct ServerFlags {
     #[arg(long, value_name = "T")]
     token: Option<String>,
     /// Candidates re-ranked by ITM per search when the request does not say (default: 16 on
-    /// CPU, 128 on a GPU).
+    /// CPU, 128 on a GPU; `quarry demo`: 0, its model's ITM ranks worse than its ITC).
     #[arg(long, value_name = "N")]
     rerank: Option<usize>,
     /// HTTP worker threads (they never run the model).
