@@ -41,8 +41,9 @@ for name in cublas cublasLt nvrtc curand cudart; do
 done
 
 # The driver stub: every cu* function cudarc's driver bindings declare.
-CUDARC=$(cargo metadata --format-version 1 --features cuda |
-  "$PYTHON" -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc"))')
+CUDARC=$(cargo metadata --format-version 1 --features cuda | "$PYTHON" -c '
+import json, sys
+print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc"))')
 grep -ohE "\bfn cu[A-Za-z0-9_]+" "$(dirname "$CUDARC")/src/driver/sys/mod.rs" | awk '{print $2}' |
   sort -u | awk '{print "int " $1 "(void) { return 999; }"}' > "$WORK/libcuda-stub.c"
 cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$LIB/libcuda.so" "$WORK/libcuda-stub.c"

@@ -4,7 +4,10 @@
 # preprocessing and the real bert-base-uncased+[DEC] and OPT tokenizers) and on synthetic
 # scenes (training seed 1; the held-out test set uses seed 2, the `quarry demo` scenes seed 7).
 #
-#   tools/train-demo-model.sh [WORK_DIR]      (default: ./demo-training; ~3 h on 2 CPU cores + ~10 min on one GPU)
+#   tools/train-demo-model.sh [WORK_DIR]      (default: ./demo-training)
+#
+# ~3 h on 2 CPU cores, plus ~10 min on one GPU for the last two stage-1 steps (DEVICE=cuda, the
+# default: a binary built with tools/build-cuda.sh; DEVICE=cpu runs them here in ~6 h).
 #
 # Runs stopped with --max-steps keep the schedule of all their epochs (that is how the
 # committed model was made: those runs were stopped there).
@@ -17,6 +20,7 @@ set -euo pipefail
 WORK=${1:-demo-training}
 Q=${QUARRY:-target/release/quarry}
 R=models/recipes
+DEVICE=${DEVICE:-cuda}
 mkdir -p "$WORK"
 
 # 1. Training scenes (seed 1: the first 5 000, and 20 000 with the same first 5 000) and the
@@ -73,11 +77,8 @@ T5=$WORK/synth-train; T20=$WORK/synth-train20k
 "$Q" train stage1 --data "$T20" --init "$WORK/stage1-f" --out "$WORK/stage1-j" \
   --objectives itc,itm --epochs 1 --batch 48 --lr 2e-4 --min-lr 1e-5 --warmup-lr 1e-6 \
   --warmup-steps 10 --seed 71 --save-every 104 --log-every 10 --save-dtype f16
-# k, k5: ITC + ITM in batches of 192 on a GPU (a binary built by tools/build-cuda.sh; one H200:
-#    ~6 min and ~3.5 min; 677 and 1 008 pairs/s while sharing the GPU with other runs). On the
-#    2 CPU cores here these 2 184 steps would take ~6 h (~19 pairs/s). k5 was stopped at step 936
-#    of its 12-epoch schedule.
-DEVICE=${DEVICE:-cuda}
+# k, k5: ITC + ITM in batches of 192 on $DEVICE (one H200: ~6 min and ~3 min; 677 and 1 008
+#    pairs/s while sharing the GPU with other runs; ~19 pairs/s on 2 CPU cores).
 "$Q" train stage1 --data "$T20" --init "$WORK/stage1-j" --out "$WORK/stage1-k" \
   --objectives itc,itm --epochs 12 --batch 192 --lr 3e-4 --min-lr 1e-5 --warmup-lr 1e-6 \
   --warmup-steps 10 --seed 82 --save-every 52 --log-every 20 --save-dtype f16 --device "$DEVICE"
