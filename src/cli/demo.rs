@@ -29,12 +29,6 @@ const DEMO_SEED: u64 = 7;
 /// Side of the demo scenes: the demo model's input size, so nothing is resized twice.
 const DEMO_SIZE: u32 = 224;
 
-/// Candidates the demo re-ranks with ITM unless `--rerank` says otherwise: none. On held-out
-/// scenes the demo model's ITM head orders ITC's top 16 worse than ITC alone does (text→image
-/// R@1 59.7 against 71.8; issue #7's notes), so the demo searches with ITC + BM25, and
-/// `--rerank 16` shows what ITM does.
-const DEMO_RERANK: usize = 0;
-
 /// Queries printed with the URL; the scenes' captions use these words.
 const EXAMPLE_QUERIES: [&str; 5] = [
     "a red circle",
@@ -136,9 +130,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "or drop one of the scenes ({}) on the page to find similar ones. Ctrl-C stops.\n",
         scenes.join("images").display()
     );
-    let mut server = args.server;
-    server.default_rerank(DEMO_RERANK);
-    serve(library, models, &device, server, &store)?;
+    let retrieval_is_demo = true;
+    serve(
+        library,
+        models,
+        &device,
+        args.server,
+        &store,
+        retrieval_is_demo,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
+use quarry::demo_models::DEMO_RETRIEVAL_RERANK;
 use quarry::indexing::{model_identity, CaptionSettings, IndexModels};
 use quarry::library::Library;
 use quarry::search::SearchSettings;
@@ -49,7 +50,7 @@ pub struct ServerFlags {
     #[arg(long, value_name = "T")]
     token: Option<String>,
     /// Candidates re-ranked by ITM per search when the request does not say (default: 16 on
-    /// CPU, 128 on a GPU; `quarry demo`: 0, its model's ITM ranks worse than its ITC).
+    /// CPU, 128 on a GPU; 0 with the built-in demo model, whose ITM ranks worse than its ITC).
     #[arg(long, value_name = "N")]
     rerank: Option<usize>,
     /// HTTP worker threads (they never run the model).
@@ -67,11 +68,6 @@ pub struct ServerFlags {
 }
 
 impl ServerFlags {
-    /// Makes `n` the re-rank default unless `--rerank` was given.
-    pub fn default_rerank(&mut self, n: usize) {
-        self.rerank.get_or_insert(n);
-    }
-
     /// Checks the flags before anything slow happens: the numbers are in range and the
     /// address can be listened on (a port in use is the usual first-run problem).
     pub fn check(&self) -> Result<()> {
@@ -116,20 +112,39 @@ pub fn run(args: Args) -> Result<ExitCode> {
     )
     .context("loading the models")?;
     let library = open_library(&args.store, &model_identity(&models), &dirs)?;
-    serve(library, models, &device, args.server, &args.store)?;
+    serve(
+        library,
+        models,
+        &device,
+        args.server,
+        &args.store,
+        dirs.retrieval_is_demo,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Serves `library` until Ctrl-C or SIGTERM, as `quarry serve` does. Shared with `quarry demo`.
+/// `retrieval_is_demo`: the retrieval model is the built-in demo model, which searches without
+/// ITM re-ranking unless `--rerank` asks ([`DEMO_RETRIEVAL_RERANK`]).
 pub(super) fn serve(
     library: Library,
     models: IndexModels,
     device: &Device,
     flags: ServerFlags,
     store: &Path,
+    retrieval_is_demo: bool,
 ) -> Result<()> {
     let mut search = SearchSettings::for_device(device);
-    if let Some(n) = flags.rerank {
+    let rerank = flags.rerank.or_else(|| {
+        retrieval_is_demo.then(|| {
+            eprintln!(
+                "note: the demo model searches without ITM re-ranking (its ITM head ranks worse \
+                 than its ITC); --rerank N re-ranks N candidates"
+            );
+            DEMO_RETRIEVAL_RERANK
+        })
+    });
+    if let Some(n) = rerank {
         anyhow::ensure!(
             n <= search.max_rerank,
             "--rerank {n} is above the limit of {}",

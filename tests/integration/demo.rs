@@ -5,7 +5,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -183,6 +183,29 @@ fn commands_without_model_use_the_unpacked_demo_models() {
     assert_eq!(summary["store"]["captions"], 3, "{summary}");
     unpacked(&cache, "captioner");
 
+    // serve with no model flags: the demo model, which searches without ITM re-ranking unless
+    // asked (as `quarry demo` does); a request can still ask for it.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (server, _) = start_server(
+        &cache,
+        &["serve", "--store", store.to_str().unwrap()],
+        &addr,
+    );
+    let stats = get_json(&addr, "/api/v1/stats");
+    let default_search = get_json(&addr, "/api/v1/search?q=a%20red%20circle&k=3");
+    let asked = get_json(&addr, "/api/v1/search?q=a%20red%20circle&k=3&rerank=2");
+    assert!(stop_server(server).success());
+    assert_eq!(stats.0, 200, "{}", stats.1);
+    assert_eq!(stats.1["rerank_default"], 0, "{}", stats.1);
+    let (code, hits) = default_search;
+    assert_eq!(code, 200, "{hits}");
+    assert_eq!(hits["reranked"], 0, "{hits}");
+    assert!(hits["hits"][0]["scores"]["itm"].is_null(), "{hits}");
+    let (code, hits) = asked;
+    assert_eq!(code, 200, "{hits}");
+    assert_eq!(hits["reranked"], 2, "{hits}");
+    assert!(hits["hits"][0]["scores"]["itm"].is_number(), "{hits}");
+
     // caption without --model.
     let image = scenes.join("images/000000.png");
     let caption = last_json(&ok(
@@ -311,6 +334,47 @@ fn eval_captions_reports_every_fraction() {
     );
 }
 
+/// Starts `quarry ARGS --bind ADDR` (`serve` or `demo`) and waits until it answers
+/// `/api/v1/health`; returns the child and the health body.
+fn start_server(cache: &Path, args: &[&str], addr: &str) -> (Child, Value) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(args)
+        .args(["--bind", addr])
+        .env("QUARRY_CACHE_DIR", cache)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Ok((200, _, body)) = request(addr, "GET", "/api/v1/health", &[], &[]) {
+            return (child, serde_json::from_slice(&body).unwrap());
+        }
+        if started.elapsed() > Duration::from_secs(120) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("quarry {args:?} did not become healthy on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops a server as Ctrl-C would (SIGTERM) and returns how it exited.
+fn stop_server(mut child: Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}
+
+/// `GET path` on a running server: status and JSON body.
+fn get_json(addr: &str, path: &str) -> (u16, Value) {
+    let (code, _, body) = request(addr, "GET", path, &[], &[]).unwrap();
+    let value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("{path}: {}", String::from_utf8_lossy(&body)));
+    (code, value)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -349,33 +413,11 @@ fn demo_serves_the_page_and_says_when_the_port_is_taken() {
     drop(taken);
 
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .args([
-            "demo",
-            "--n",
-            "4",
-            "--dir",
-            ws.to_str().unwrap(),
-            "--bind",
-            &addr,
-        ])
-        .env("QUARRY_CACHE_DIR", &cache)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let health = loop {
-        if let Ok((200, _, body)) = request(&addr, "GET", "/api/v1/health", &[], &[]) {
-            break body;
-        }
-        if started.elapsed() > Duration::from_secs(120) || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            panic!("quarry demo did not become healthy on {addr}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let health: Value = serde_json::from_slice(&health).unwrap();
+    let (child, health) = start_server(
+        &cache,
+        &["demo", "--n", "4", "--dir", ws.to_str().unwrap()],
+        &addr,
+    );
     let search = request(
         &addr,
         "GET",
@@ -384,11 +426,7 @@ fn demo_serves_the_page_and_says_when_the_port_is_taken() {
         &[],
     );
     let page = request(&addr, "GET", "/", &[], &[]);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
+    let status = stop_server(child);
     assert!(health.is_object(), "{health}");
     let (code, _, body) = search.unwrap();
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));

@@ -228,13 +228,15 @@ fn serve_over_http_every_route_and_error_path() {
     let (s, b) = server.call("GET", "/api/v1/health", &[], &[]);
     assert_eq!((s, b["images"].as_u64()), (200, Some(8)));
     let (s, b) = server.call("GET", "/api/v1/stats", &[], &[]);
+    // A model other than the demo model re-ranks 16 candidates on a CPU unless told.
     assert_eq!(
         (
             s,
             b["images"].as_u64(),
-            b["limits"]["max_upload_bytes"].as_u64()
+            b["limits"]["max_upload_bytes"].as_u64(),
+            b["rerank_default"].as_u64()
         ),
-        (200, Some(8), Some(1 << 20))
+        (200, Some(8), Some(1 << 20), Some(16))
     );
     let (s, b) = server.call("GET", "/api/v1/search?q=circle&k=3", &[], &[]);
     assert_eq!(s, 200, "{b}");
