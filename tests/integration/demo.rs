@@ -5,12 +5,15 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::serve::request;
+use crate::serve::Server;
+
+/// How long `quarry demo` (which indexes first) or `serve` may take to answer its health check.
+const SERVER_READY: Duration = Duration::from_secs(120);
 
 /// Runs quarry with `cache` as its cache folder.
 fn quarry(cache: &Path, args: &[&str]) -> Output {
@@ -185,16 +188,25 @@ fn commands_without_model_use_the_unpacked_demo_models() {
 
     // serve with no model flags: the demo model, which searches without ITM re-ranking unless
     // asked (as `quarry demo` does); a request can still ask for it.
-    let addr = format!("127.0.0.1:{}", free_port());
-    let (server, _) = start_server(
-        &cache,
+    let server = Server::spawn(
         &["serve", "--store", store.to_str().unwrap()],
-        &addr,
+        Some(&cache),
+        SERVER_READY,
     );
-    let stats = get_json(&addr, "/api/v1/stats");
-    let default_search = get_json(&addr, "/api/v1/search?q=a%20red%20circle&k=3");
-    let asked = get_json(&addr, "/api/v1/search?q=a%20red%20circle&k=3&rerank=2");
-    assert!(stop_server(server).success());
+    let stats = server.call("GET", "/api/v1/stats", &[], &[]);
+    let default_search = server.call("GET", "/api/v1/search?q=a%20red%20circle&k=3", &[], &[]);
+    let asked = server.call(
+        "GET",
+        "/api/v1/search?q=a%20red%20circle&k=3&rerank=2",
+        &[],
+        &[],
+    );
+    let (status, serve_log) = server.stop();
+    assert!(status.success(), "serve exited with {status}");
+    assert!(
+        serve_log.contains("searches without ITM re-ranking"),
+        "{serve_log}"
+    );
     assert_eq!(stats.0, 200, "{}", stats.1);
     assert_eq!(stats.1["rerank_default"], 0, "{}", stats.1);
     let (code, hits) = default_search;
@@ -334,55 +346,6 @@ fn eval_captions_reports_every_fraction() {
     );
 }
 
-/// Starts `quarry ARGS --bind ADDR` (`serve` or `demo`) and waits until it answers
-/// `/api/v1/health`; returns the child and the health body.
-fn start_server(cache: &Path, args: &[&str], addr: &str) -> (Child, Value) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .args(args)
-        .args(["--bind", addr])
-        .env("QUARRY_CACHE_DIR", cache)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        if let Ok((200, _, body)) = request(addr, "GET", "/api/v1/health", &[], &[]) {
-            return (child, serde_json::from_slice(&body).unwrap());
-        }
-        if started.elapsed() > Duration::from_secs(120) || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            panic!("quarry {args:?} did not become healthy on {addr}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Stops a server as Ctrl-C would (SIGTERM) and returns how it exited.
-fn stop_server(mut child: Child) -> std::process::ExitStatus {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    child.wait().unwrap()
-}
-
-/// `GET path` on a running server: status and JSON body.
-fn get_json(addr: &str, path: &str) -> (u16, Value) {
-    let (code, _, body) = request(addr, "GET", path, &[], &[]).unwrap();
-    let value = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| panic!("{path}: {}", String::from_utf8_lossy(&body)));
-    (code, value)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn demo_serves_the_page_and_says_when_the_port_is_taken() {
     let tmp = tempfile::tempdir().unwrap();
@@ -412,25 +375,17 @@ fn demo_serves_the_page_and_says_when_the_port_is_taken() {
     assert!(!ws.exists(), "a refused demo must not start work");
     drop(taken);
 
-    let addr = format!("127.0.0.1:{}", free_port());
-    let (child, health) = start_server(
-        &cache,
+    let server = Server::spawn(
         &["demo", "--n", "4", "--dir", ws.to_str().unwrap()],
-        &addr,
+        Some(&cache),
+        SERVER_READY,
     );
-    let search = request(
-        &addr,
-        "GET",
-        "/api/v1/search?q=a%20red%20circle&k=3",
-        &[],
-        &[],
-    );
-    let page = request(&addr, "GET", "/", &[], &[]);
-    let status = stop_server(child);
+    let health = server.call("GET", "/api/v1/health", &[], &[]).1;
+    let (code, hits) = server.call("GET", "/api/v1/search?q=a%20red%20circle&k=3", &[], &[]);
+    let page = server.try_request("GET", "/", &[], &[]);
+    let (status, _) = server.stop();
     assert!(health.is_object(), "{health}");
-    let (code, _, body) = search.unwrap();
-    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    let hits: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(code, 200, "{hits}");
     assert_eq!(hits["hits"].as_array().unwrap().len(), 3, "{hits}");
     // The demo searches without ITM re-ranking unless asked (its ITM head ranks worse).
     assert!(hits["hits"][0]["scores"]["itm"].is_null(), "{hits}");

@@ -56,50 +56,67 @@ fn build_store(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
     (store, scenes.join("images"))
 }
 
-struct Server {
+/// A running `quarry serve` or `quarry demo` on a free loopback port; killed when dropped.
+pub struct Server {
     child: Child,
     addr: String,
 }
 
 impl Server {
+    /// `quarry serve` over `store` with the small fixture model, plus `extra` flags.
     fn start(store: &Path, extra: &[&str]) -> Server {
+        let model = retrieval_fixtures().join("small_a");
+        let args = [
+            &[
+                "serve",
+                "--store",
+                store.to_str().unwrap(),
+                "--model",
+                model.to_str().unwrap(),
+            ],
+            extra,
+        ]
+        .concat();
+        Server::spawn(&args, None, Duration::from_secs(60))
+    }
+
+    /// Starts `quarry ARGS --bind 127.0.0.1:PORT` on a free port (with `cache` as
+    /// `QUARRY_CACHE_DIR` when given) and waits up to `ready_within` for `/api/v1/health`.
+    pub fn spawn(args: &[&str], cache: Option<&Path>, ready_within: Duration) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let model = retrieval_fixtures().join("small_a");
-        let child = Command::new(env!("CARGO_BIN_EXE_quarry"))
-            .args([
-                "serve",
-                "--store",
-                store.to_str().unwrap(),
-                "--model",
-                model.to_str().unwrap(),
-                "--bind",
-                &addr,
-            ])
-            .args(extra)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quarry"));
+        command
+            .args(args)
+            .args(["--bind", &addr])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let server = Server { child, addr };
+            .stderr(Stdio::piped());
+        if let Some(cache) = cache {
+            command.env("QUARRY_CACHE_DIR", cache);
+        }
+        let mut server = Server {
+            child: command.spawn().unwrap(),
+            addr,
+        };
         let started = Instant::now();
         loop {
             if let Ok((200, _, _)) = server.try_request("GET", "/api/v1/health", &[], &[]) {
                 return server;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "server did not become healthy"
+                started.elapsed() < ready_within && server.child.try_wait().unwrap().is_none(),
+                "quarry {args:?} did not become healthy on {}",
+                server.addr
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    fn try_request(
+    pub fn try_request(
         &self,
         method: &str,
         path: &str,
@@ -109,7 +126,7 @@ impl Server {
         request(&self.addr, method, path, headers, body)
     }
 
-    fn call(
+    pub fn call(
         &self,
         method: &str,
         path: &str,
@@ -127,7 +144,7 @@ impl Server {
     }
 
     /// SIGTERM, then the exit status and stderr.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let status = self.child.wait().unwrap();
