@@ -125,6 +125,10 @@ struct Stage1Args {
     /// stays when trained together with ITC.
     #[arg(long, value_delimiter = ',', default_value = "itc,itm,itg")]
     objectives: Vec<Objective>,
+    /// How many times the ITM loss counts in the minimised sum (BLIP-2: once). Above 1 it
+    /// moves a small Q-Former's balance from ITC's ranking toward ITM's re-ranking.
+    #[arg(long, default_value_t = 1.0, value_name = "WEIGHT")]
+    itm_weight: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -318,6 +322,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     itm: a.objectives.contains(&Objective::Itm),
                     itg: a.objectives.contains(&Objective::Itg),
                 },
+                itm_weight: Some(a.itm_weight),
             };
             let summary =
                 train_stage1(&c.paths()?, &options, &c.settings()?, &mut reporter(c.json))?;

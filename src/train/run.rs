@@ -229,11 +229,15 @@ pub struct Stage1Options {
     pub bert_init: Option<PathBuf>,
     /// The objectives minimised (default: all three, as BLIP-2).
     pub objectives: Objectives,
+    /// How many times ITM counts in the minimised sum; `None` = once, as BLIP-2 (see
+    /// [`super::stage1::Stage1Losses::weighted_total`]).
+    pub itm_weight: Option<f64>,
 }
 
 struct Stage1Job {
     model: Stage1Model,
     objectives: Objectives,
+    itm_weight: f64,
     set: TrainSet,
     pixels: Pixels,
     features: Option<FrozenFeatures>,
@@ -282,7 +286,7 @@ impl Job for Stage1Job {
         let l = self
             .model
             .losses(&tokens, &ids, &positives, &mut rng, self.objectives)?;
-        let minimised = l.total()?;
+        let minimised = l.weighted_total(self.itm_weight)?;
         let mut named = vec![("itc", l.itc)];
         named.extend(l.itm.map(|t| ("itm", t)));
         named.extend(l.itg.map(|t| ("itg", t)));
@@ -317,6 +321,17 @@ pub fn train_stage1(
     if !options.objectives.any() {
         return Err(TrainError::Input(
             "stage 1 needs at least one objective to minimise (itc, itm or itg)".into(),
+        ));
+    }
+    let itm_weight = options.itm_weight.unwrap_or(1.0);
+    if !(itm_weight.is_finite() && itm_weight > 0.0) {
+        return Err(TrainError::Input(format!(
+            "the ITM weight must be a positive number (got {itm_weight})"
+        )));
+    }
+    if itm_weight != 1.0 && !options.objectives.itm {
+        return Err(TrainError::Input(
+            "an ITM weight was given but ITM is not among the objectives".into(),
         ));
     }
     let device = settings.device.clone();
@@ -405,6 +420,7 @@ pub fn train_stage1(
     let job = Stage1Job {
         model,
         objectives: options.objectives,
+        itm_weight,
         set,
         pixels,
         features,

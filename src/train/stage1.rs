@@ -154,14 +154,21 @@ pub struct Stage1Losses {
 }
 
 impl Stage1Losses {
-    /// The sum that is minimised.
+    /// The sum that is minimised, every objective counted once (as BLIP-2).
     pub fn total(&self) -> candle_core::Result<Tensor> {
-        let itc = self.itc_minimised.then_some(&self.itc);
-        sum_losses(
-            [itc, self.itm.as_ref(), self.itg.as_ref()]
-                .into_iter()
-                .flatten(),
-        )
+        self.weighted_total(1.0)
+    }
+
+    /// The sum with ITM counted `itm_weight` times. ITC and ITM pull the one shared Q-Former
+    /// in different directions; a small Q-Former trained on the plain sum keeps ITC's ranking
+    /// ahead of ITM's, and a weight above 1 moves the balance toward ITM (at ITC's cost).
+    pub fn weighted_total(&self, itm_weight: f64) -> candle_core::Result<Tensor> {
+        let itc = self.itc_minimised.then(|| self.itc.clone());
+        let itm = match &self.itm {
+            Some(t) if itm_weight != 1.0 => Some((t * itm_weight)?),
+            other => other.clone(),
+        };
+        sum_losses([itc, itm, self.itg.clone()].iter().flatten())
     }
 }
 
@@ -401,4 +408,36 @@ fn ids_tensor(rows: &[Vec<u32>], device: &candle_core::Device) -> candle_core::R
 
 fn to_candle(e: crate::Error) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scalar(v: f32) -> Tensor {
+        Tensor::new(v, &candle_core::Device::Cpu).unwrap()
+    }
+
+    fn value(t: candle_core::Result<Tensor>) -> f32 {
+        t.unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn the_itm_weight_scales_itm_alone_and_itc_counts_only_when_minimised() {
+        let losses = Stage1Losses {
+            itc: scalar(1.5),
+            itm: Some(scalar(0.25)),
+            itg: Some(scalar(4.0)),
+            itc_minimised: true,
+        };
+        assert_eq!(value(losses.total()), 5.75);
+        assert_eq!(value(losses.weighted_total(3.0)), 1.5 + 0.75 + 4.0);
+        let itm_alone = Stage1Losses {
+            itc_minimised: false,
+            itg: None,
+            ..losses
+        };
+        assert_eq!(value(itm_alone.weighted_total(3.0)), 0.75);
+        assert_eq!(value(itm_alone.total()), 0.25);
+    }
 }

@@ -471,6 +471,30 @@ fn the_cli_reports_progress_as_json_and_refuses_bad_input_clearly() {
     ]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("at least 2"));
+    // An ITM weight that is not positive, or one without ITM to weigh.
+    for (weight, objectives, says) in [
+        ("0", "itc,itm", "positive number"),
+        ("NaN", "itc,itm", "positive number"),
+        ("2", "itc", "ITM is not among the objectives"),
+    ] {
+        let bad = run(&[
+            "stage1",
+            "--data",
+            data.to_str().unwrap(),
+            "--init",
+            init.to_str().unwrap(),
+            "--train-vision",
+            "--objectives",
+            objectives,
+            "--itm-weight",
+            weight,
+            "--out",
+            tmp.path().join("w").to_str().unwrap(),
+        ]);
+        assert_eq!(bad.status.code(), Some(1), "--itm-weight {weight}");
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(stderr.contains(says), "--itm-weight {weight}: {stderr}");
+    }
     // Missing data folder.
     let bad = run(&[
         "lm",
