@@ -164,10 +164,7 @@ impl Stage1Losses {
     /// ahead of ITM's, and a weight above 1 moves the balance toward ITM (at ITC's cost).
     pub fn weighted_total(&self, itm_weight: f64) -> candle_core::Result<Tensor> {
         let itc = self.itc_minimised.then(|| self.itc.clone());
-        let itm = match &self.itm {
-            Some(t) if itm_weight != 1.0 => Some((t * itm_weight)?),
-            other => other.clone(),
-        };
+        let itm = self.itm.as_ref().map(|t| t * itm_weight).transpose()?;
         sum_losses([itc, itm, self.itg.clone()].iter().flatten())
     }
 }

@@ -444,56 +444,53 @@ fn the_cli_reports_progress_as_json_and_refuses_bad_input_clearly() {
     assert_eq!(done["event"], "done");
     assert_eq!(done["steps"], 4);
 
-    // No encoder weights and no --train-vision/--vision-from: refused, naming the fix.
-    let bad = run(&[
-        "stage1",
-        "--data",
-        data.to_str().unwrap(),
-        "--init",
-        init.to_str().unwrap(),
-        "--out",
-        tmp.path().join("x").to_str().unwrap(),
-    ]);
-    assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--vision-from"));
-    // A batch of one has no negatives.
-    let bad = run(&[
-        "stage1",
-        "--data",
-        data.to_str().unwrap(),
-        "--init",
-        init.to_str().unwrap(),
-        "--train-vision",
-        "--batch",
-        "1",
-        "--out",
-        tmp.path().join("y").to_str().unwrap(),
-    ]);
-    assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("at least 2"));
-    // An ITM weight that is not positive, or one without ITM to weigh.
-    for (weight, objectives, says) in [
-        ("0", "itc,itm", "positive number"),
-        ("NaN", "itc,itm", "positive number"),
-        ("2", "itc", "ITM is not among the objectives"),
-    ] {
-        let bad = run(&[
+    // Refused, each naming what is wrong: no encoder weights and no --train-vision or
+    // --vision-from; a batch of one (no negatives); an ITM weight that is not positive, or one
+    // without ITM to weigh.
+    let refusals: [(&[&str], &str); 5] = [
+        (&[], "--vision-from"),
+        (&["--train-vision", "--batch", "1"], "at least 2"),
+        (
+            &[
+                "--train-vision",
+                "--objectives",
+                "itc,itm",
+                "--itm-weight",
+                "0",
+            ],
+            "positive number",
+        ),
+        (
+            &[
+                "--train-vision",
+                "--objectives",
+                "itc,itm",
+                "--itm-weight",
+                "NaN",
+            ],
+            "positive number",
+        ),
+        (
+            &["--train-vision", "--objectives", "itc", "--itm-weight", "2"],
+            "ITM is not among the objectives",
+        ),
+    ];
+    for (i, (extra, says)) in refusals.iter().enumerate() {
+        let out = tmp.path().join(format!("refused-{i}"));
+        let mut args = vec![
             "stage1",
             "--data",
             data.to_str().unwrap(),
             "--init",
             init.to_str().unwrap(),
-            "--train-vision",
-            "--objectives",
-            objectives,
-            "--itm-weight",
-            weight,
             "--out",
-            tmp.path().join("w").to_str().unwrap(),
-        ]);
-        assert_eq!(bad.status.code(), Some(1), "--itm-weight {weight}");
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let bad = run(&args);
+        assert_eq!(bad.status.code(), Some(1), "{extra:?}");
         let stderr = String::from_utf8_lossy(&bad.stderr);
-        assert!(stderr.contains(says), "--itm-weight {weight}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
     }
     // Missing data folder.
     let bad = run(&[
