@@ -235,6 +235,17 @@ impl EmbeddedModel {
         }
     }
 
+    /// Whether `dir` holds these very files, byte for byte: the demo model passed by path
+    /// (`--model models/demo/retrieval`, or an unpacked copy) rather than by default. Lengths
+    /// are compared first, so a real checkpoint's gigabytes are never read.
+    pub fn is_copy_in(&self, dir: &Path) -> bool {
+        self.is_complete(dir)
+            && self
+                .files
+                .iter()
+                .all(|f| fs::read(dir.join(f.name)).is_ok_and(|bytes| bytes == f.bytes))
+    }
+
     /// Whether `dir` holds every file with its embedded length. (Lengths, not contents: the
     /// folder name already carries the content hash, and only an outside edit could change a
     /// file without changing its length; reading 20 MB on every command to rule that out would
@@ -341,6 +352,28 @@ mod tests {
         // Nothing but the folder is left in the root.
         let entries: Vec<_> = fs::read_dir(root.path()).unwrap().collect();
         assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn a_copy_is_recognised_by_its_bytes_not_its_name() {
+        let root = tempfile::tempdir().unwrap();
+        let unpacked = SMALL.unpack_into(root.path()).unwrap();
+        assert!(SMALL.is_copy_in(&unpacked));
+        // The same files anywhere else are the demo model too.
+        let elsewhere = root.path().join("my-model");
+        fs::create_dir(&elsewhere).unwrap();
+        for f in SMALL.files() {
+            fs::write(elsewhere.join(f.name), f.bytes).unwrap();
+        }
+        assert!(SMALL.is_copy_in(&elsewhere));
+        // One changed byte (same length) or a missing file makes it another model.
+        let mut weights = vec![7u8; 4096];
+        weights[4095] = 8;
+        fs::write(elsewhere.join("model.safetensors"), &weights).unwrap();
+        assert!(!SMALL.is_copy_in(&elsewhere));
+        fs::remove_file(unpacked.join("config.json")).unwrap();
+        assert!(!SMALL.is_copy_in(&unpacked));
+        assert!(!SMALL.is_copy_in(&root.path().join("absent")));
     }
 
     #[test]

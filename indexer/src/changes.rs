@@ -100,6 +100,11 @@ pub struct ChangePlan {
     pub moved: Vec<Moved>,
     /// Known content at an additional path: copy the record, no model work.
     pub copied: Vec<Copied>,
+    /// New paths whose content another file of this run also brings (a new, modified or
+    /// retried file, the `source`): that file is embedded once and these copy its record
+    /// afterwards. Apply them after the model work; a source that fails leaves them to the
+    /// next run.
+    pub duplicates: Vec<Copied>,
     /// Same path and content, new size/mtime record (e.g. `touch`): update metadata only.
     pub touched: Vec<HashedFile>,
     /// Files that failed last time: try again.
@@ -133,6 +138,7 @@ impl ChangePlan {
         self.needs_no_model_work()
             && self.moved.is_empty()
             && self.copied.is_empty()
+            && self.duplicates.is_empty()
             && self.touched.is_empty()
             && self.deleted.is_empty()
     }
@@ -231,6 +237,20 @@ pub fn plan_changes(walk: &Walk, known: &[KnownFile]) -> ChangePlan {
         move_sources.entry(k.content_hash).or_default().push_back(k);
     }
     let mut moved_from: HashSet<&Path> = HashSet::new();
+    // Content this run embeds: the first file to bring it is embedded, later ones copy it.
+    let mut embedding: HashMap<ContentHash, PathBuf> = HashMap::new();
+    let mut changed: Vec<&HashedFile> = plan
+        .modified
+        .iter()
+        .map(|m| &m.file)
+        .chain(&plan.retry)
+        .collect();
+    changed.sort_by(|a, b| a.file.path.cmp(&b.file.path));
+    for f in changed {
+        embedding
+            .entry(f.content_hash)
+            .or_insert_with(|| f.file.path.clone());
+    }
     candidates.sort_by(|a, b| a.file.path.cmp(&b.file.path));
     for hashed in candidates {
         let hash = hashed.content_hash;
@@ -246,7 +266,13 @@ pub fn plan_changes(walk: &Walk, known: &[KnownFile]) -> ChangePlan {
                 source: source.clone(),
                 to: hashed,
             });
+        } else if let Some(source) = embedding.get(&hash) {
+            plan.duplicates.push(Copied {
+                source: source.clone(),
+                to: hashed,
+            });
         } else {
+            embedding.insert(hash, hashed.file.path.clone());
             plan.new.push(hashed);
         }
     }
@@ -418,6 +444,41 @@ mod tests {
         assert_eq!(plan.copied[0].to.file.path, p("b.png"));
         assert!(plan.needs_no_model_work());
         assert_eq!(plan.unchanged, 1);
+    }
+
+    #[test]
+    fn identical_new_files_are_embedded_once_and_the_rest_copied_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("a.png"), testutil::png(4, 4)).unwrap();
+        std::fs::write(p("m.png"), testutil::png(5, 5)).unwrap();
+        let known = known_after(&walk(dir.path()));
+        // m.png changes to the content of the new n.png and o.png; c.png and b.png are new
+        // and identical to each other.
+        std::fs::write(p("c.png"), testutil::png(6, 6)).unwrap();
+        std::fs::write(p("b.png"), testutil::png(6, 6)).unwrap();
+        std::fs::write(p("m.png"), testutil::png(7, 7)).unwrap();
+        std::fs::write(p("o.png"), testutil::png(7, 7)).unwrap();
+        std::fs::write(p("n.png"), testutil::png(7, 7)).unwrap();
+        set_mtime(&p("m.png"), 5);
+        let plan = plan_changes(&walk(dir.path()), &known);
+        assert_eq!(paths(&plan.new), [p("b.png")]);
+        assert_eq!(plan.modified.len(), 1);
+        let duplicates: Vec<(PathBuf, PathBuf)> = plan
+            .duplicates
+            .iter()
+            .map(|d| (d.source.clone(), d.to.file.path.clone()))
+            .collect();
+        assert_eq!(
+            duplicates,
+            [
+                (p("b.png"), p("c.png")),
+                (p("m.png"), p("n.png")),
+                (p("m.png"), p("o.png"))
+            ]
+        );
+        assert!(plan.copied.is_empty());
+        assert_eq!(plan.to_embed().count(), 2);
     }
 
     #[test]

@@ -30,7 +30,8 @@
 //! checksummed copy into a fresh folder and swaps it in by rename, tagged with the id of the last
 //! store batch it contains; the store replays later batches after a load. See `persist.rs`.
 
-mod distance;
+/// Dot products (f32 and f16); `pub(crate)` because the model's CPU kernels share the portable one.
+pub(crate) mod distance;
 mod index;
 mod persist;
 #[cfg(test)]

@@ -83,7 +83,8 @@ pub struct PlanSummary {
     pub retry: u64,
     /// Moved files (path updated, nothing embedded).
     pub moved: u64,
-    /// Copies of indexed content (record copied, nothing embedded).
+    /// Copies of indexed content, or of content another file of this run brings (record
+    /// copied, nothing embedded).
     pub copied: u64,
     /// Touched files (metadata updated).
     pub touched: u64,
@@ -437,6 +438,43 @@ pub fn index_paths(
         summary.model_stage_seconds = stage_started.elapsed().as_secs_f64();
         summary.model_busy_seconds = busy.as_secs_f64();
     }
+
+    // 3. Files identical to one embedded just now copy its record instead of repeating its
+    // model work. When that file could not be indexed, they are recorded as failed with its
+    // content hash, so the next run retries them (and embeds the content once again).
+    let mut write = BatchWrite::default();
+    let mut indexed_paths = Vec::new();
+    let mut failed_files = Vec::new();
+    for d in &plan.duplicates {
+        match library.read(|l| copy_of(l, &d.to))? {
+            Some(image) => {
+                write.new_images.push(image);
+                indexed_paths.push(d.to.file.path.clone());
+            }
+            None => {
+                let reason = format!(
+                    "same content as {}, which could not be indexed",
+                    d.source.display()
+                );
+                write
+                    .failures
+                    .push(failure(&d.to.file, &reason, Some(d.to.content_hash.0)));
+                failed_files.push(FailedFile {
+                    path: d.to.file.path.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    commit_if_any(
+        library,
+        &write,
+        &indexed_paths,
+        &failed_files,
+        0,
+        &mut summary,
+        on_event,
+    )?;
     library.checkpoint()?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -455,6 +493,7 @@ fn uncaptioned(
         .chain(plan.touched.iter().map(|t| t.file.path.as_path()))
         .chain(plan.moved.iter().map(|m| m.to.file.path.as_path()))
         .chain(plan.copied.iter().map(|c| c.to.file.path.as_path()))
+        .chain(plan.duplicates.iter().map(|c| c.to.file.path.as_path()))
         .collect();
     library.read(|l| {
         let mut work = Vec::new();
@@ -486,7 +525,7 @@ fn summarize(found: &usize, plan: &ChangePlan, walk_problems: usize) -> PlanSumm
         modified: plan.modified.len() as u64,
         retry: plan.retry.len() as u64,
         moved: plan.moved.len() as u64,
-        copied: plan.copied.len() as u64,
+        copied: (plan.copied.len() + plan.duplicates.len()) as u64,
         touched: plan.touched.len() as u64,
         deleted: plan.deleted.len() as u64,
         problems: (walk_problems + plan.problems.len()) as u64,

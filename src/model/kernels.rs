@@ -185,22 +185,10 @@ fn row_dots(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
         }
     }
     for (o, row) in out.iter_mut().zip(x.chunks_exact(k)) {
-        *o = dot(row, w);
+        // The portable dot product the vector index scores with: one implementation to keep
+        // vectorisable.
+        *o = crate::ann::distance::dot_f32(row, w);
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent sums let the compiler keep a vector register of partial sums.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -487,15 +475,6 @@ mod tests {
                 "{dtype:?} {rows}×{k} skinny matmul differs by {diff}"
             );
         }
-        // The portable dot product (CPUs without AVX2) against f64 too.
-        let a: Vec<f32> = (0..101)
-            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
-            .collect();
-        let b: Vec<f32> = (0..101)
-            .map(|i| ((i * 11 % 19) as f32 - 9.0) / 5.0)
-            .collect();
-        let exact: f64 = a.iter().zip(&b).map(|(p, q)| *p as f64 * *q as f64).sum();
-        assert!((dot(&a, &b) as f64 - exact).abs() < 1e-4, "portable dot");
         let big = Tensor::zeros((SKINNY_MAX_ROWS + 1, 96), DType::F32, &d).unwrap();
         assert!(
             skinny_matmul(&big, &Tensor::zeros((4, 96), DType::F32, &d).unwrap())

@@ -218,6 +218,31 @@ fn commands_without_model_use_the_unpacked_demo_models() {
     assert_eq!(hits["reranked"], 2, "{hits}");
     assert!(hits["hits"][0]["scores"]["itm"].is_number(), "{hits}");
 
+    // The demo weights named by path are still the demo model: no re-ranking by default.
+    let by_path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo/retrieval");
+    let captioner = concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo/captioner");
+    let server = Server::spawn(
+        &[
+            "serve",
+            "--store",
+            store.to_str().unwrap(),
+            "--model",
+            by_path,
+            "--caption-model",
+            captioner,
+        ],
+        Some(&cache),
+        SERVER_READY,
+    );
+    let stats = server.call("GET", "/api/v1/stats", &[], &[]);
+    let (status, serve_log) = server.stop();
+    assert!(
+        status.success(),
+        "serve --model exited with {status}: {serve_log}"
+    );
+    assert_eq!(stats.0, 200, "{}", stats.1);
+    assert_eq!(stats.1["rerank_default"], 0, "{}", stats.1);
+
     // caption without --model.
     let image = scenes.join("images/000000.png");
     let caption = last_json(&ok(

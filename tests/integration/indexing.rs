@@ -214,6 +214,55 @@ fn second_run_does_no_model_work_moves_reembed_nothing_and_deletions_leave_searc
     assert_eq!(status(&store)["images"], 9);
 }
 
+#[test]
+fn identical_new_files_are_embedded_once_and_both_searchable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("Photos");
+    scenes(&photos, 3, 6);
+    let images = photos.join("images");
+    for copy in ["copy-a.png", "copy-b.png"] {
+        std::fs::copy(images.join("000001.png"), images.join(copy)).unwrap();
+    }
+    let store = tmp.path().join("store");
+    let (lines, _) = index_json(&[&photos], &store, &[]);
+    let s = summary(&lines);
+    // Three contents went through the model; the two extra copies of one copied its record.
+    assert_eq!(s["indexed"], 3, "{s}");
+    assert_eq!(s["plan"]["new"], 3, "{s}");
+    assert_eq!(s["plan"]["copied"], 2, "{s}");
+    assert!(s["failed"].as_array().unwrap().is_empty(), "{s}");
+    assert_eq!(status(&store)["images"], 5);
+    let library = Library::open_existing(&store).unwrap();
+    assert_counts_agree(&library);
+    let original = library
+        .store()
+        .image_by_path(&images.join("000001.png"))
+        .unwrap()
+        .unwrap();
+    let original_vectors = library.store().vectors(original.id).unwrap();
+    for name in [
+        "000000.png",
+        "000001.png",
+        "000002.png",
+        "copy-a.png",
+        "copy-b.png",
+    ] {
+        searchable(&library, &images.join(name)).unwrap();
+    }
+    for copy in ["copy-a.png", "copy-b.png"] {
+        let record = library
+            .store()
+            .image_by_path(&images.join(copy))
+            .unwrap()
+            .unwrap();
+        assert_ne!(record.id, original.id);
+        assert_eq!(
+            library.store().vectors(record.id).unwrap(),
+            original_vectors
+        );
+    }
+}
+
 /// A PNG whose header claims `width`×`height` (the pixel limit must refuse it unread).
 fn png_claiming(width: u32, height: u32) -> Vec<u8> {
     fn crc32(bytes: &[u8]) -> u32 {
