@@ -129,6 +129,12 @@ struct Stage1Args {
     /// moves a small Q-Former's balance from ITC's ranking toward ITM's re-ranking.
     #[arg(long, default_value_t = 1.0, value_name = "WEIGHT")]
     itm_weight: f64,
+    /// Give ITM one more negative per example: its caption with one colour, shape, size,
+    /// count or direction word changed, or two colours exchanged ("a red circle left of a
+    /// blue square" -> "... a green square"), so that it must check each fact. Made for
+    /// `quarry synth` captions, where every such change is false.
+    #[arg(long)]
+    swapped_negatives: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -323,6 +329,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     itg: a.objectives.contains(&Objective::Itg),
                 },
                 itm_weight: Some(a.itm_weight),
+                swapped_negatives: a.swapped_negatives,
             };
             let summary =
                 train_stage1(&c.paths()?, &options, &c.settings()?, &mut reporter(c.json))?;

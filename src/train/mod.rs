@@ -18,6 +18,7 @@ pub mod params;
 mod run;
 pub mod stage1;
 pub mod stage2;
+pub mod swapped_captions;
 pub mod vision;
 
 use std::path::PathBuf;

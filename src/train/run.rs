@@ -232,12 +232,16 @@ pub struct Stage1Options {
     /// How many times ITM counts in the minimised sum; `None` = once, as BLIP-2 (see
     /// [`super::stage1::Stage1Losses::weighted_total`]).
     pub itm_weight: Option<f64>,
+    /// Give ITM, per example, one more negative: the example's caption with one fact changed
+    /// ([`super::swapped_captions`]).
+    pub swapped_negatives: bool,
 }
 
 struct Stage1Job {
     model: Stage1Model,
     objectives: Objectives,
     itm_weight: f64,
+    swapped_negatives: bool,
     set: TrainSet,
     pixels: Pixels,
     features: Option<FrozenFeatures>,
@@ -245,6 +249,32 @@ struct Stage1Job {
     settings: TrainSettings,
     config_json: serde_json::Value,
     paths: RunPaths,
+}
+
+impl Stage1Job {
+    /// Per example, its caption with one fact changed (tokenized), unless the change happens to
+    /// give another of the image's own captions or the caption names nothing to change.
+    fn false_captions(
+        &self,
+        batch: &super::data::Batch,
+        seed: u64,
+        step: usize,
+    ) -> Result<Vec<Option<Vec<u32>>>, TrainError> {
+        let mut rng = step_rng(seed ^ 0x5a9b, step);
+        batch
+            .images
+            .iter()
+            .zip(&batch.captions)
+            .map(
+                |(&i, caption)| match super::swapped_captions::swap_one_fact(caption, &mut rng) {
+                    Some(t) if !self.set.captions[i].contains(&t) => {
+                        Ok(Some(self.tokenizer.encode(&[t.as_str()])?.remove(0)))
+                    }
+                    _ => Ok(None),
+                },
+            )
+            .collect()
+    }
 }
 
 impl Job for Stage1Job {
@@ -282,10 +312,20 @@ impl Job for Stage1Job {
                 })
                 .collect(),
         );
+        let false_ids = if self.swapped_negatives {
+            self.false_captions(&batch, s.seed, step)?
+        } else {
+            Vec::new()
+        };
         let mut rng = step_rng(s.seed ^ 0x17a1, step);
-        let l = self
-            .model
-            .losses(&tokens, &ids, &positives, &mut rng, self.objectives)?;
+        let l = self.model.losses(
+            &tokens,
+            &ids,
+            &false_ids,
+            &positives,
+            &mut rng,
+            self.objectives,
+        )?;
         let minimised = l.weighted_total(self.itm_weight)?;
         let mut named = vec![("itc", l.itc)];
         named.extend(l.itm.map(|t| ("itm", t)));
@@ -332,6 +372,12 @@ pub fn train_stage1(
     if itm_weight != 1.0 && !options.objectives.itm {
         return Err(TrainError::Input(
             "an ITM weight was given but ITM is not among the objectives".into(),
+        ));
+    }
+    if options.swapped_negatives && !options.objectives.itm {
+        return Err(TrainError::Input(
+            "swapped-caption negatives are ITM negatives, but ITM is not among the objectives"
+                .into(),
         ));
     }
     let device = settings.device.clone();
@@ -421,6 +467,7 @@ pub fn train_stage1(
         model,
         objectives: options.objectives,
         itm_weight,
+        swapped_negatives: options.swapped_negatives,
         set,
         pixels,
         features,

@@ -222,11 +222,13 @@ impl Stage1Model {
 
     /// The three losses for image tokens [B, T, D] and one tokenized text per image (unpadded,
     /// `[CLS] … [SEP]`). `positives` says which texts describe which images; `rng` draws the
-    /// hard negatives.
+    /// hard negatives. `false_texts` is empty or holds, per image, a tokenized text known to be
+    /// false of it (see [`super::swapped_captions`]): each one is a further ITM negative.
     pub fn losses(
         &self,
         image_tokens: &Tensor,
         texts: &[Vec<u32>],
+        false_texts: &[Option<Vec<u32>>],
         positives: &Positives,
         rng: &mut SplitMix64,
         objectives: Objectives,
@@ -239,9 +241,21 @@ impl Stage1Model {
                 image_tokens.dim(0)?
             )));
         }
+        if !false_texts.is_empty() && false_texts.len() != b {
+            return Err(crate::Error::Config(format!(
+                "{} false texts for a batch of {b}: give one (or none) per image",
+                false_texts.len()
+            )));
+        }
         let device = image_tokens.device();
         let nq = self.num_query_tokens;
-        let longest = texts.iter().map(Vec::len).max().unwrap_or(0);
+        // Every row of every pass has one length (padding is masked, so it changes nothing).
+        let longest = texts
+            .iter()
+            .chain(false_texts.iter().flatten())
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0);
         let pad = |t: &Vec<u32>| -> Vec<u32> {
             t.iter()
                 .copied()
@@ -249,10 +263,15 @@ impl Stage1Model {
                 .take(longest)
                 .collect()
         };
+        let mask_of =
+            |t: &Vec<u32>| -> Vec<u32> { (0..longest).map(|i| u32::from(i < t.len())).collect() };
         let ids: Vec<Vec<u32>> = texts.iter().map(pad).collect();
-        let masks: Vec<Vec<u32>> = texts
+        let masks: Vec<Vec<u32>> = texts.iter().map(mask_of).collect();
+        // (image, padded ids, mask) of each false text.
+        let false_rows: Vec<(u32, Vec<u32>, Vec<u32>)> = false_texts
             .iter()
-            .map(|t| (0..longest).map(|i| u32::from(i < t.len())).collect())
+            .enumerate()
+            .filter_map(|(i, t)| t.as_ref().map(|t| (i as u32, pad(t), mask_of(t))))
             .collect();
         let ids_tensor = |rows: &[Vec<u32>]| ids_tensor(rows, device);
         let memory = self.queries.qformer.image_memory(image_tokens)?;
@@ -270,7 +289,7 @@ impl Stage1Model {
             .text_embedding(&hidden.narrow(1, nq, 1)?.squeeze(1)?)?;
         let (itc, sim) = itc_loss(&image_feats, &text_feats, &self.temp, positives)?;
         let itm = if objectives.itm {
-            Some(self.itm_loss(&sim, &ids, &masks, &memory, positives, rng)?)
+            Some(self.itm_loss(&sim, &ids, &masks, &false_rows, &memory, positives, rng)?)
         } else {
             None
         };
@@ -287,12 +306,15 @@ impl Stage1Model {
         })
     }
 
-    /// ITM over one positive and two hard-negative pairs per example.
+    /// ITM over one positive and two hard-negative pairs per example, and the pairs of
+    /// `false_rows` (image, ids, mask), all negatives.
+    #[allow(clippy::too_many_arguments)]
     fn itm_loss(
         &self,
         sim: &Tensor,
         ids: &[Vec<u32>],
         masks: &[Vec<u32>],
+        false_rows: &[(u32, Vec<u32>, Vec<u32>)],
         memory: &crate::model::ImageMemory,
         positives: &Positives,
         rng: &mut SplitMix64,
@@ -317,9 +339,12 @@ impl Stage1Model {
         let mut itm_masks = masks.to_vec();
         itm_masks.extend(masks.iter().cloned());
         itm_masks.extend(neg_text_of_image.iter().map(|&j| masks[j].clone()));
+        itm_ids.extend(false_rows.iter().map(|(_, t, _)| t.clone()));
+        itm_masks.extend(false_rows.iter().map(|(_, _, m)| m.clone()));
         let image_rows: Vec<u32> = (0..b as u32)
             .chain(neg_image_of_text.iter().map(|&j| j as u32))
             .chain(0..b as u32)
+            .chain(false_rows.iter().map(|(i, _, _)| *i))
             .collect();
         let itm_memory = memory.select_rows(&Tensor::new(image_rows.as_slice(), device)?)?;
         let embeds = self.joint_embeddings(&ids_tensor(&itm_ids)?)?;
@@ -329,7 +354,7 @@ impl Stage1Model {
             .qformer
             .forward(&embeds, nq, Some(&mask), Some(&itm_memory))?;
         let logits = self.heads.itm_logits(&hidden.narrow(1, 0, nq)?)?;
-        let labels: Vec<Option<u32>> = (0..3 * b).map(|i| Some(u32::from(i < b))).collect();
+        let labels: Vec<Option<u32>> = (0..itm_ids.len()).map(|i| Some(u32::from(i < b))).collect();
         Ok(cross_entropy(&logits, &labels, 0.0)?)
     }
 

@@ -342,8 +342,10 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     let tmp = tempfile::tempdir().unwrap();
     let data = data(tmp.path(), 24, 6);
     let init = tiny_recipe("demo-retrieval", tmp.path(), shrink_blip2);
+    // With swapped-caption negatives, which are drawn per step like the rest.
     let options = Stage1Options {
         train_vision: true,
+        swapped_negatives: true,
         ..Default::default()
     };
     let straight = tmp.path().join("straight");
@@ -446,8 +448,8 @@ fn the_cli_reports_progress_as_json_and_refuses_bad_input_clearly() {
 
     // Refused, each naming what is wrong: no encoder weights and no --train-vision or
     // --vision-from; a batch of one (no negatives); an ITM weight that is not positive, or one
-    // without ITM to weigh.
-    let refusals: [(&[&str], &str); 5] = [
+    // without ITM to weigh; swapped-caption negatives without ITM to use them.
+    let refusals: [(&[&str], &str); 6] = [
         (&[], "--vision-from"),
         (&["--train-vision", "--batch", "1"], "at least 2"),
         (
@@ -473,6 +475,15 @@ fn the_cli_reports_progress_as_json_and_refuses_bad_input_clearly() {
         (
             &["--train-vision", "--objectives", "itc", "--itm-weight", "2"],
             "ITM is not among the objectives",
+        ),
+        (
+            &[
+                "--train-vision",
+                "--objectives",
+                "itc",
+                "--swapped-negatives",
+            ],
+            "swapped-caption negatives are ITM negatives",
         ),
     ];
     for (i, (extra, says)) in refusals.iter().enumerate() {
@@ -681,12 +692,13 @@ fn assert_gradients_match(
 /// cross-attention, heads and the ITG head tied to the word embeddings) against central finite
 /// differences, for two elements of every trained tensor of the `small_a` fixture: the one with
 /// the largest gradient and one in the middle. The hard negatives are drawn from the same seed
-/// at every evaluation. Tolerance: 3 % of the larger value plus 1e-3 for ITC + ITM (a loss of
-/// about 1.4); ITC + ITG is checked separately with 5e-3 added, since its loss of about 11
-/// rounds the f32 difference quotient (step 1e-3) to steps of 1.9e-3. ITM is also checked on
-/// its own (`--objectives itm`: ITC computed for the hard negatives, not minimised) with 2e-4
-/// added: its gradients on the shared layers are around 1e-2, small enough for ITC's to hide
-/// an error in them within the combined check's slack.
+/// at every evaluation; ITM also gets two swapped-caption negatives. Tolerance: 3 % of the
+/// larger value plus 1e-3 for ITC + ITM (a loss of about 1.4); ITC + ITG is checked
+/// separately with 5e-3 added, since its loss of about 11 rounds the f32 difference quotient
+/// (step 1e-3) to steps of 1.9e-3. ITM is also checked on its own (`--objectives itm`: ITC
+/// computed for the hard negatives, not minimised) with 2e-4 added: its gradients on the
+/// shared layers are around 1e-2, small enough for ITC's to hide an error in them within the
+/// combined check's slack.
 #[test]
 fn stage1_gradients_match_finite_differences() {
     assert!(check_stage1_gradients(objectives(true, true, false), 1e-3) > 40);
@@ -727,11 +739,31 @@ fn check_stage1_gradients(objectives: quarry::train::stage1::Objectives, slack: 
             "a small blue square above a star",
         ])
         .unwrap();
+    // ITM's further negatives: a caption with one fact changed for the first and last image
+    // (longer than any positive, so the padding to a common length is exercised too).
+    let false_texts: Vec<Option<Vec<u32>>> = folder
+        .tokenizer
+        .encode(&[
+            "a dog on a blue sofa in a big room",
+            "a small blue star above a star",
+        ])
+        .unwrap()
+        .into_iter()
+        .map(Some)
+        .collect();
+    let false_texts = [false_texts[0].clone(), None, false_texts[1].clone()];
     let positives = Positives::from_groups(&[0, 1, 2]);
     let loss = || -> candle_core::Tensor {
         let mut rng = quarry::synth::rng::SplitMix64::for_scene(9, 9);
         model
-            .losses(&tokens, &texts, &positives, &mut rng, objectives)
+            .losses(
+                &tokens,
+                &texts,
+                &false_texts,
+                &positives,
+                &mut rng,
+                objectives,
+            )
             .unwrap()
             .total()
             .unwrap()
