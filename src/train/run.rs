@@ -267,8 +267,8 @@ impl Stage1Job {
             .zip(&batch.captions)
             .map(
                 |(&i, caption)| match super::swapped_captions::swap_one_fact(caption, &mut rng) {
-                    Some(t) if !self.set.captions[i].contains(&t) => {
-                        Ok(Some(self.tokenizer.encode(&[t.as_str()])?.remove(0)))
+                    Some(t) if !self.set.captions[i].contains(&t.text) => {
+                        Ok(Some(self.tokenizer.encode(&[t.text.as_str()])?.remove(0)))
                     }
                     _ => Ok(None),
                 },
