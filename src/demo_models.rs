@@ -109,7 +109,7 @@ pub static DEMO_CAPTIONER: EmbeddedModel = EmbeddedModel::new(
 
 /// ITM re-ranking candidates for searches with the demo retrieval model when the user does not
 /// say: none. Its ITM head orders ITC's candidates worse than ITC alone does (held-out
-/// text→image R@1 67.8 re-ranked against 71.1, LAVIS protocol; `tools/train-demo-model.sh`
+/// text→image R@1 69.1 re-ranked against 71.6, LAVIS protocol; `tools/train-demo-model.sh`
 /// step 6), and re-ranking would also cost most of a CPU search's time. A property of these
 /// weights, so every command that searches with them (`quarry serve`, `quarry demo`) uses it.
 pub const DEMO_RETRIEVAL_RERANK: usize = 0;

@@ -14,15 +14,15 @@
 //! In free-form captions most such changes do too, but not all ("a red and white flag" with its
 //! colours exchanged), so this is a training option, not a default.
 //!
-//! Measured on the demo model (its stage-1 step k9 trained 3 more epochs with them, as k9 was
-//! trained from k8; 60 min, 16.7 pairs/s on 2 CPU cores against 26.6 without): ITM-re-ranked
-//! text→image R@1 64.2 → 64.0 on the validation scenes (seed 3) and 67.8 → 68.8 on the test
-//! scenes (seed 2), ITC's 69.2 → 69.4 and 71.1 → 71.5: no gain beyond the noise of 756
-//! queries, so the demo does not use them. ITM did learn the facts, on held-out scenes too
-//! (`examples/itm_fact_check.rs`, test scenes: true caption over swapped one, shape 77.5 →
-//! 81.2 %, two colours exchanged 80.9 → 86.8 %, count 81.8 → 85.5 %), but not places and
-//! relations (57 → 55 %, ITC 53 → 48 %: chance), which the frozen encoder does not seem to
-//! give the Q-Former (issue #7).
+//! Measured on the demo model (stage-1 step k9 continued 3 epochs with them as k12, then 2
+//! more as k13; 60 and 38 min, ~17 pairs/s on 2 CPU cores against 26.6 without), ITM-re-ranked
+//! text→image R@1 on the test scenes (seed 2) 67.8 → 68.8 → 69.1 and on the validation scenes
+//! (seed 3) 64.2 → 64.0 → 66.0, ITC's held (71.1 → 71.6; 69.2 → 69.3): a small gain, not
+//! enough for ITM to rank ITC's candidates better than ITC. ITM did learn the facts, on
+//! held-out scenes too (`examples/itm_fact_check.rs`, true caption over its swapped copy, k9 →
+//! k13: shape 77.5 → 81.2 %, two colours exchanged 80.9 → 87.5 %, size 90.2 → 94.6 %), but
+//! not places and relations (57 → 56 %, ITC 53 → 50 %: chance), which the frozen encoder does
+//! not seem to give the Q-Former (issue #7).
 
 use crate::synth::rng::SplitMix64;
 use crate::synth::scene::{Background, Color, Shape};
