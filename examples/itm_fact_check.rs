@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use quarry::eval::Annotations;
 use quarry::indexer::{preprocess_file, DecodeLimits};
+use quarry::model::itc_scores;
 use quarry::synth::rng::SplitMix64;
 use quarry::train::swapped_captions::{swap_one_fact, FalseFact, SwappedCaption};
 use quarry::{LoadOptions, RetrievalFolder};
@@ -31,12 +32,10 @@ struct Tally {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [data, models @ ..] = args.as_slice() else {
-        bail!("usage: itm_fact_check DATA_DIR MODEL_DIR [MODEL_DIR …]");
+    let (data, models) = match args.as_slice() {
+        [data, models @ ..] if !models.is_empty() => (data, models),
+        _ => bail!("usage: itm_fact_check DATA_DIR MODEL_DIR [MODEL_DIR …]"),
     };
-    if models.is_empty() {
-        bail!("usage: itm_fact_check DATA_DIR MODEL_DIR [MODEL_DIR …]");
-    }
     let data = PathBuf::from(data);
     let ann = Annotations::load(&data.join("annotations.json"), None)?;
     for model in models {
@@ -72,13 +71,12 @@ fn main() -> Result<()> {
             let itm = retriever
                 .itm_one_image(&retriever.image_memory(&tokens)?, &batch)?
                 .logit;
-            // [Q, D] · [D, N] → max over the queries: the ITC similarity of each text.
-            let itc = retriever
-                .image_embeddings(&tokens)?
-                .squeeze(0)?
-                .matmul(&retriever.embed_texts(&batch)?.t()?)?
-                .max(0)?
-                .to_vec1::<f32>()?;
+            let itc = itc_scores(
+                &retriever.image_embeddings(&tokens)?,
+                &retriever.embed_texts(&batch)?,
+            )?
+            .squeeze(0)?
+            .to_vec1::<f32>()?;
             for (k, (_, swapped)) in pairs.iter().enumerate() {
                 let t = tallies.entry(swapped.fact).or_default();
                 t.pairs += 1;

@@ -369,16 +369,18 @@ pub fn train_stage1(
             "the ITM weight must be a positive number (got {itm_weight})"
         )));
     }
-    if itm_weight != 1.0 && !options.objectives.itm {
-        return Err(TrainError::Input(
-            "an ITM weight was given but ITM is not among the objectives".into(),
-        ));
-    }
-    if options.swapped_negatives && !options.objectives.itm {
-        return Err(TrainError::Input(
-            "swapped-caption negatives are ITM negatives, but ITM is not among the objectives"
-                .into(),
-        ));
+    // Options that only change ITM's training mean nothing without ITM.
+    let itm_options = [
+        (itm_weight != 1.0, "an ITM weight"),
+        (options.swapped_negatives, "swapped-caption negatives"),
+    ];
+    if let Some((_, what)) = itm_options
+        .iter()
+        .find(|(given, _)| *given && !options.objectives.itm)
+    {
+        return Err(TrainError::Input(format!(
+            "{what} given, but ITM is not among the objectives"
+        )));
     }
     let device = settings.device.clone();
     let config_json = read_config(&paths.init)?;

@@ -483,7 +483,7 @@ fn the_cli_reports_progress_as_json_and_refuses_bad_input_clearly() {
                 "itc",
                 "--swapped-negatives",
             ],
-            "swapped-caption negatives are ITM negatives",
+            "swapped-caption negatives given, but ITM is not among the objectives",
         ),
     ];
     for (i, (extra, says)) in refusals.iter().enumerate() {
@@ -739,8 +739,8 @@ fn check_stage1_gradients(objectives: quarry::train::stage1::Objectives, slack: 
             "a small blue square above a star",
         ])
         .unwrap();
-    // ITM's further negatives: a caption with one fact changed for the first and last image
-    // (longer than any positive, so the padding to a common length is exercised too).
+    // ITM's further negatives: a text false of the first image (longer than any positive, so
+    // the padding to a common length is exercised too) and one of the last (a fact changed).
     let false_texts: Vec<Option<Vec<u32>>> = folder
         .tokenizer
         .encode(&[
