@@ -69,7 +69,14 @@ fn bench(c: &mut Criterion) {
     group.bench_function("stage1_step_batch32", |b| {
         b.iter(|| {
             let l = model
-                .losses(&tokens, &ids, &[], &positives, &mut rng, Default::default())
+                .losses(
+                    &tokens,
+                    &ids,
+                    Default::default(),
+                    &positives,
+                    &mut rng,
+                    Default::default(),
+                )
                 .unwrap();
             let grads = l.total().unwrap().backward().unwrap();
             opt.update(&grads, 1e-4).unwrap();

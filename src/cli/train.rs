@@ -135,6 +135,12 @@ struct Stage1Args {
     /// `quarry synth` captions, where every such change is false.
     #[arg(long)]
     swapped_negatives: bool,
+    /// Hard negatives ITM draws per example from ITC's similarities, on each side (images for
+    /// a text, texts for an image). BLIP-2 draws one; more show ITM the 2nd, 3rd, ... hardest
+    /// candidates too, the ones re-ranking ITC's top k must tell apart (each costs one more
+    /// joint pass per side).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    hard_negatives: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -330,6 +336,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 },
                 itm_weight: Some(a.itm_weight),
                 swapped_negatives: a.swapped_negatives,
+                hard_negatives: Some(a.hard_negatives),
             };
             let summary =
                 train_stage1(&c.paths()?, &options, &c.settings()?, &mut reporter(c.json))?;

@@ -317,47 +317,61 @@ pub fn itc_loss(
 }
 
 /// Hard negatives for ITM, sampled as LAVIS does: for each row, a column drawn with probability
-/// softmax(similarity / temp) over the columns that are not its positives. `sim` is [B, B]
-/// (row = the anchor); `positive(row, column)` says which pairs must not be drawn. A row whose
-/// every column is a positive (a batch of one repeated text) draws uniformly among the other
-/// columns.
+/// softmax(similarity / temp) over the columns that are not its positives; `per_row` > 1 draws
+/// that many distinct columns, each from what the earlier draws left (fewer where the row has
+/// fewer columns to draw from). `sim` is [B, B] (row = the anchor); `positive(row, column)` says
+/// which pairs must not be drawn. A row whose every column is a positive (a batch of one
+/// repeated text) draws, the same way, among the columns other than its own.
+///
+/// One draw per row is BLIP-2's; more give ITM the 2nd, 3rd, … hardest candidates too, which
+/// is what re-ranking ITC's top k must tell apart.
 pub fn sample_hard_negatives(
     sim: &[Vec<f32>],
     temp: f32,
+    per_row: usize,
     positive: impl Fn(usize, usize) -> bool,
     rng: &mut SplitMix64,
-) -> Vec<usize> {
+) -> Vec<Vec<usize>> {
     let b = sim.len();
     (0..b)
         .map(|i| {
             let candidates: Vec<usize> = (0..b).filter(|&j| !positive(i, j)).collect();
-            let pool: Vec<usize> = if candidates.is_empty() {
+            let mut pool: Vec<usize> = if candidates.is_empty() {
                 (0..b).filter(|&j| j != i).collect()
             } else {
                 candidates
             };
             if pool.is_empty() {
-                return i;
+                return vec![i];
             }
-            let max = pool
-                .iter()
-                .map(|&j| sim[i][j] / temp)
-                .fold(f32::NEG_INFINITY, f32::max);
-            let weights: Vec<f64> = pool
-                .iter()
-                .map(|&j| f64::from((sim[i][j] / temp - max).exp()))
-                .collect();
-            let total: f64 = weights.iter().sum();
-            let mut u = f64::from(rng.unit()) * total;
-            for (k, w) in weights.iter().enumerate() {
-                if u < *w {
-                    return pool[k];
-                }
-                u -= w;
+            let mut drawn = Vec::with_capacity(per_row.min(pool.len()));
+            while drawn.len() < per_row && !pool.is_empty() {
+                let max = pool
+                    .iter()
+                    .map(|&j| sim[i][j] / temp)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let weights: Vec<f64> = pool
+                    .iter()
+                    .map(|&j| f64::from((sim[i][j] / temp - max).exp()))
+                    .collect();
+                drawn.push(pool.remove(draw_index(&weights, rng)));
             }
-            *pool.last().expect("non-empty pool")
+            drawn
         })
         .collect()
+}
+
+/// An index drawn with probability proportional to `weights` (non-negative, not all zero).
+fn draw_index(weights: &[f64], rng: &mut SplitMix64) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut u = f64::from(rng.unit()) * total;
+    for (k, w) in weights.iter().enumerate() {
+        if u < *w {
+            return k;
+        }
+        u -= w;
+    }
+    weights.len() - 1
 }
 
 /// The next-token loss over a batch of sequences: `logits` [B, T, V] at each position predict
@@ -553,11 +567,11 @@ mod tests {
         let mut rng = SplitMix64::for_scene(1, 2);
         let mut counts = [[0usize; 4]; 4];
         for _ in 0..2000 {
-            for (i, j) in sample_hard_negatives(&sim, 0.05, |i, j| groups[i] == groups[j], &mut rng)
-                .into_iter()
-                .enumerate()
-            {
-                counts[i][j] += 1;
+            let drawn =
+                sample_hard_negatives(&sim, 0.05, 1, |i, j| groups[i] == groups[j], &mut rng);
+            for (i, js) in drawn.into_iter().enumerate() {
+                assert_eq!(js.len(), 1);
+                counts[i][js[0]] += 1;
             }
         }
         for (i, row) in counts.iter().enumerate() {
@@ -572,8 +586,50 @@ mod tests {
         // Rows 2 and 3 share a text: each must draw from images 0 and 1, about evenly.
         assert!(counts[2][0] > 800 && counts[2][1] > 800, "{:?}", counts[2]);
         // All positives: uniform over the others.
-        let all_same = sample_hard_negatives(&sim, 0.05, |_, _| true, &mut rng);
-        assert!(all_same.iter().enumerate().all(|(i, &j)| i != j));
+        let all_same = sample_hard_negatives(&sim, 0.05, 1, |_, _| true, &mut rng);
+        assert!(all_same
+            .iter()
+            .enumerate()
+            .all(|(i, js)| js.len() == 1 && js[0] != i));
+    }
+
+    #[test]
+    fn several_hard_negatives_per_row_are_distinct_in_order_of_hardness() {
+        // Row 0's non-positive columns by similarity: 3 (0.9), 1 (0.5), 4 (0.1), 2 (−1).
+        let sim = vec![
+            vec![1.0, 0.5, -1.0, 0.9, 0.1],
+            vec![0.5, 1.0, 0.2, 0.3, 0.4],
+            vec![-1.0, 0.2, 1.0, 0.0, 0.6],
+            vec![0.9, 0.3, 0.0, 1.0, 0.7],
+            vec![0.1, 0.4, 0.6, 0.7, 1.0],
+        ];
+        let positive = |i: usize, j: usize| i == j;
+        let mut rng = SplitMix64::for_scene(3, 4);
+        let mut first_three = std::collections::HashMap::new();
+        for _ in 0..500 {
+            let drawn = sample_hard_negatives(&sim, 0.05, 3, positive, &mut rng);
+            for (i, js) in drawn.iter().enumerate() {
+                assert_eq!(js.len(), 3, "row {i}: {js:?}");
+                let mut unique = js.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                assert_eq!(unique.len(), 3, "row {i} drew a column twice: {js:?}");
+                assert!(!js.contains(&i), "row {i} drew its positive");
+            }
+            *first_three.entry(drawn[0].clone()).or_insert(0usize) += 1;
+        }
+        // At temperature 0.05 the gaps (0.4, 0.4) make each draw the hardest one left almost
+        // every time: e^(−8) ≈ 3e−4 per step.
+        assert!(first_three[&vec![3, 1, 4]] > 490, "{first_three:?}");
+        // A row with fewer candidates than asked for draws them all; one draw each is what a
+        // single-negative call gives from the same generator state.
+        let all = sample_hard_negatives(&sim, 0.05, 9, positive, &mut rng);
+        assert!(all.iter().all(|js| js.len() == 4));
+        let mut a = SplitMix64::for_scene(7, 7);
+        let mut b = SplitMix64::for_scene(7, 7);
+        let one = sample_hard_negatives(&sim, 0.5, 1, positive, &mut a);
+        let three = sample_hard_negatives(&sim, 0.5, 3, positive, &mut b);
+        assert_eq!(one[0][0], three[0][0]);
     }
 
     #[test]

@@ -19,7 +19,9 @@ use super::folders::{read_config, read_tensors, write_model_folder, write_safete
 use super::losses::{sum_losses, Positives};
 use super::optim::{AdamW, AdamWSettings, Schedule};
 use super::params::{ParamStore, Trainable};
-use super::stage1::{is_training_only, Objectives, Stage1Model, QFORMER_PREFIXES, TEMP};
+use super::stage1::{
+    is_training_only, ItmNegatives, Objectives, Stage1Model, QFORMER_PREFIXES, TEMP,
+};
 use super::stage2::{OptLanguageModel, Stage2Model, STAGE2_PREFIXES};
 use super::vision::{read_patch_labels, PatchLabels, VisionPretrainModel, PATCH_HEADS};
 use super::TrainError;
@@ -235,6 +237,8 @@ pub struct Stage1Options {
     /// Give ITM, per example, one more negative: the example's caption with one fact changed
     /// ([`super::swapped_captions`]).
     pub swapped_negatives: bool,
+    /// Hard negatives ITM draws per example and side; `None` = one, as BLIP-2.
+    pub hard_negatives: Option<usize>,
 }
 
 struct Stage1Job {
@@ -242,6 +246,7 @@ struct Stage1Job {
     objectives: Objectives,
     itm_weight: f64,
     swapped_negatives: bool,
+    hard_negatives: usize,
     set: TrainSet,
     pixels: Pixels,
     features: Option<FrozenFeatures>,
@@ -318,10 +323,14 @@ impl Job for Stage1Job {
             Vec::new()
         };
         let mut rng = step_rng(s.seed ^ 0x17a1, step);
+        let negatives = ItmNegatives {
+            hard_per_side: self.hard_negatives,
+            false_texts: &false_ids,
+        };
         let l = self.model.losses(
             &tokens,
             &ids,
-            &false_ids,
+            negatives,
             &positives,
             &mut rng,
             self.objectives,
@@ -369,10 +378,17 @@ pub fn train_stage1(
             "the ITM weight must be a positive number (got {itm_weight})"
         )));
     }
+    let hard_negatives = options.hard_negatives.unwrap_or(1);
+    if hard_negatives == 0 {
+        return Err(TrainError::Input(
+            "ITM needs at least one hard negative per example and side".into(),
+        ));
+    }
     // Options that only change ITM's training mean nothing without ITM.
     let itm_options = [
         (itm_weight != 1.0, "an ITM weight"),
         (options.swapped_negatives, "swapped-caption negatives"),
+        (hard_negatives != 1, "more than one hard negative"),
     ];
     if let Some((_, what)) = itm_options
         .iter()
@@ -470,6 +486,7 @@ pub fn train_stage1(
         objectives: options.objectives,
         itm_weight,
         swapped_negatives: options.swapped_negatives,
+        hard_negatives,
         set,
         pixels,
         features,

@@ -4,7 +4,8 @@
 //!
 //! Each step runs the Q-Former three times over `[queries; text]`: with the unimodal mask
 //! (ITC: image vectors from the query rows, the text vector from `[CLS]`), with the
-//! bidirectional mask over one positive and two hard-negative pairs per example (ITM), and with
+//! bidirectional mask over one positive and two hard-negative pairs per example (ITM; more hard
+//! negatives and false captions when asked, [`ItmNegatives`]), and with
 //! the multimodal causal mask on the text whose first token is replaced by `[DEC]` (ITG). Only
 //! the Q-Former, the query tokens, the text embeddings, the heads and the temperature are
 //! updated; the image encoder is frozen unless the run pre-trains it (`train_vision`).
@@ -140,6 +141,27 @@ impl Default for Objectives {
     }
 }
 
+/// What ITM is trained to reject, per example.
+#[derive(Debug, Clone, Copy)]
+pub struct ItmNegatives<'a> {
+    /// Hard negatives drawn from ITC's similarities per example and side: images for each
+    /// text, texts for each image (BLIP-2: one of each). At least 1.
+    pub hard_per_side: usize,
+    /// Empty, or per image a tokenized text known to be false of it (see
+    /// [`super::swapped_captions`]): each one is a further negative.
+    pub false_texts: &'a [Option<Vec<u32>>],
+}
+
+impl Default for ItmNegatives<'_> {
+    /// BLIP-2's: one hard negative per side, no false texts.
+    fn default() -> Self {
+        Self {
+            hard_per_side: 1,
+            false_texts: &[],
+        }
+    }
+}
+
 /// One step's losses (scalars, still attached to the graph).
 #[derive(Debug, Clone)]
 pub struct Stage1Losses {
@@ -221,14 +243,13 @@ impl Stage1Model {
     }
 
     /// The three losses for image tokens [B, T, D] and one tokenized text per image (unpadded,
-    /// `[CLS] … [SEP]`). `positives` says which texts describe which images; `rng` draws the
-    /// hard negatives. `false_texts` is empty or holds, per image, a tokenized text known to be
-    /// false of it (see [`super::swapped_captions`]): each one is a further ITM negative.
+    /// `[CLS] … [SEP]`). `positives` says which texts describe which images; `negatives` what
+    /// ITM learns to reject; `rng` draws the hard negatives.
     pub fn losses(
         &self,
         image_tokens: &Tensor,
         texts: &[Vec<u32>],
-        false_texts: &[Option<Vec<u32>>],
+        negatives: ItmNegatives,
         positives: &Positives,
         rng: &mut SplitMix64,
         objectives: Objectives,
@@ -240,6 +261,12 @@ impl Stage1Model {
                  (got {} images, {b} texts)",
                 image_tokens.dim(0)?
             )));
+        }
+        let false_texts = negatives.false_texts;
+        if negatives.hard_per_side == 0 {
+            return Err(crate::Error::Config(
+                "ITM needs at least one hard negative per example and side".into(),
+            ));
         }
         if !false_texts.is_empty() && false_texts.len() != b {
             return Err(crate::Error::Config(format!(
@@ -289,7 +316,9 @@ impl Stage1Model {
             .text_embedding(&hidden.narrow(1, nq, 1)?.squeeze(1)?)?;
         let (itc, sim) = itc_loss(&image_feats, &text_feats, &self.temp, positives)?;
         let itm = if objectives.itm {
-            Some(self.itm_loss(&sim, &ids, &masks, &false_rows, &memory, positives, rng)?)
+            let hard = negatives.hard_per_side;
+            let rows = self.itm_rows(&sim, hard, &false_rows, positives, rng)?;
+            Some(self.itm_loss(&rows, &ids, &masks, &memory, device)?)
         } else {
             None
         };
@@ -306,55 +335,101 @@ impl Stage1Model {
         })
     }
 
-    /// ITM over one positive and two hard-negative pairs per example, and the pairs of
-    /// `false_rows` (image, ids, mask), all negatives.
-    #[allow(clippy::too_many_arguments)]
-    fn itm_loss(
+    /// ITM's pairs: each example's positive, then `hard` hard negatives per side drawn from the
+    /// (detached) similarities (images for each text, then texts for each image), then the
+    /// pairs of `false_rows` (image, ids, mask).
+    fn itm_rows<'f>(
         &self,
         sim: &Tensor,
-        ids: &[Vec<u32>],
-        masks: &[Vec<u32>],
-        false_rows: &[(u32, Vec<u32>, Vec<u32>)],
-        memory: &crate::model::ImageMemory,
+        hard: usize,
+        false_rows: &'f [(u32, Vec<u32>, Vec<u32>)],
         positives: &Positives,
         rng: &mut SplitMix64,
-    ) -> crate::Result<Tensor> {
-        let b = ids.len();
-        let nq = self.num_query_tokens;
-        let device = sim.device();
-        let ids_tensor = |rows: &[Vec<u32>]| ids_tensor(rows, device);
-
-        // ITM: hard negatives drawn from the (detached) similarities.
+    ) -> crate::Result<ItmRows<'f>> {
+        let b = sim.dim(0)?;
         let sim_i2t: Vec<Vec<f32>> = sim.detach().to_vec2()?;
         let sim_t2i: Vec<Vec<f32>> = sim.detach().t()?.to_vec2()?;
         let temp = self.temperature()?;
         // A negative must not be described by the text it is paired with.
-        let neg_image_of_text =
-            sample_hard_negatives(&sim_t2i, temp, |t, i| positives.text_of_image(t, i), rng);
-        let neg_text_of_image =
-            sample_hard_negatives(&sim_i2t, temp, |i, t| positives.text_of_image(t, i), rng);
-        let mut itm_ids = ids.to_vec();
-        itm_ids.extend(ids.iter().cloned());
-        itm_ids.extend(neg_text_of_image.iter().map(|&j| ids[j].clone()));
-        let mut itm_masks = masks.to_vec();
-        itm_masks.extend(masks.iter().cloned());
-        itm_masks.extend(neg_text_of_image.iter().map(|&j| masks[j].clone()));
-        itm_ids.extend(false_rows.iter().map(|(_, t, _)| t.clone()));
-        itm_masks.extend(false_rows.iter().map(|(_, _, m)| m.clone()));
-        let image_rows: Vec<u32> = (0..b as u32)
-            .chain(neg_image_of_text.iter().map(|&j| j as u32))
-            .chain(0..b as u32)
-            .chain(false_rows.iter().map(|(i, _, _)| *i))
-            .collect();
+        let neg_images_of_text = sample_hard_negatives(
+            &sim_t2i,
+            temp,
+            hard,
+            |t, i| positives.text_of_image(t, i),
+            rng,
+        );
+        let neg_texts_of_image = sample_hard_negatives(
+            &sim_i2t,
+            temp,
+            hard,
+            |i, t| positives.text_of_image(t, i),
+            rng,
+        );
+        // Rank r of every example before rank r + 1: one draw per side gives BLIP-2's order.
+        let by_rank = |drawn: &[Vec<usize>], flip: bool| -> Vec<(usize, usize)> {
+            (0..hard)
+                .flat_map(|r| {
+                    drawn.iter().enumerate().filter_map(move |(anchor, js)| {
+                        js.get(r)
+                            .map(|&j| if flip { (j, anchor) } else { (anchor, j) })
+                    })
+                })
+                .collect()
+        };
+        let mut pairs: Vec<(usize, TextRow)> = (0..b).map(|i| (i, TextRow::Batch(i))).collect();
+        pairs.extend(
+            by_rank(&neg_images_of_text, true)
+                .into_iter()
+                .map(|(i, t)| (i, TextRow::Batch(t))),
+        );
+        pairs.extend(
+            by_rank(&neg_texts_of_image, false)
+                .into_iter()
+                .map(|(i, t)| (i, TextRow::Batch(t))),
+        );
+        pairs.extend(
+            false_rows
+                .iter()
+                .enumerate()
+                .map(|(k, (i, _, _))| (*i as usize, TextRow::False(k))),
+        );
+        Ok(ItmRows {
+            pairs,
+            positives: b,
+            false_rows,
+        })
+    }
+
+    /// ITM's cross-entropy over `rows`: the first `rows.positives` pairs are matches, the rest not.
+    fn itm_loss(
+        &self,
+        rows: &ItmRows,
+        ids: &[Vec<u32>],
+        masks: &[Vec<u32>],
+        memory: &crate::model::ImageMemory,
+        device: &candle_core::Device,
+    ) -> crate::Result<Tensor> {
+        let nq = self.num_query_tokens;
+        let (itm_ids, itm_masks): (Vec<Vec<u32>>, Vec<Vec<u32>>) = rows
+            .pairs
+            .iter()
+            .map(|(_, t)| match *t {
+                TextRow::Batch(j) => (ids[j].clone(), masks[j].clone()),
+                TextRow::False(k) => (rows.false_rows[k].1.clone(), rows.false_rows[k].2.clone()),
+            })
+            .unzip();
+        let image_rows: Vec<u32> = rows.pairs.iter().map(|(i, _)| *i as u32).collect();
         let itm_memory = memory.select_rows(&Tensor::new(image_rows.as_slice(), device)?)?;
-        let embeds = self.joint_embeddings(&ids_tensor(&itm_ids)?)?;
+        let embeds = self.joint_embeddings(&ids_tensor(&itm_ids, device)?)?;
         let mask = attention_mask(MaskKind::Bidirectional, nq, &itm_masks, device)?;
         let hidden = self
             .queries
             .qformer
             .forward(&embeds, nq, Some(&mask), Some(&itm_memory))?;
         let logits = self.heads.itm_logits(&hidden.narrow(1, 0, nq)?)?;
-        let labels: Vec<Option<u32>> = (0..itm_ids.len()).map(|i| Some(u32::from(i < b))).collect();
+        let labels: Vec<Option<u32>> = (0..itm_ids.len())
+            .map(|i| Some(u32::from(i < rows.positives)))
+            .collect();
         Ok(cross_entropy(&logits, &labels, 0.0)?)
     }
 
@@ -419,6 +494,23 @@ impl Stage1Model {
             .text_embedding(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?;
         Ok((image, text))
     }
+}
+
+/// Where an ITM pair's text comes from.
+#[derive(Debug, Clone, Copy)]
+enum TextRow {
+    /// The batch's text of this index.
+    Batch(usize),
+    /// The false text of this index in [`ItmRows::false_rows`].
+    False(usize),
+}
+
+/// The (image, text) pairs of one ITM pass, the matches first.
+struct ItmRows<'f> {
+    pairs: Vec<(usize, TextRow)>,
+    positives: usize,
+    /// (image, padded ids, mask) of each false text.
+    false_rows: &'f [(u32, Vec<u32>, Vec<u32>)],
 }
 
 /// Equal-length token rows as a [B, L] tensor.

@@ -342,10 +342,12 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     let tmp = tempfile::tempdir().unwrap();
     let data = data(tmp.path(), 24, 6);
     let init = tiny_recipe("demo-retrieval", tmp.path(), shrink_blip2);
-    // With swapped-caption negatives, which are drawn per step like the rest.
+    // With swapped-caption negatives and two hard negatives per side, which are drawn per
+    // step like the rest.
     let options = Stage1Options {
         train_vision: true,
         swapped_negatives: true,
+        hard_negatives: Some(2),
         ..Default::default()
     };
     let straight = tmp.path().join("straight");
@@ -449,7 +451,7 @@ fn the_cli_reports_progress_as_json_and_refuses_bad_input_clearly() {
     // Refused, each naming what is wrong: no encoder weights and no --train-vision or
     // --vision-from; a batch of one (no negatives); an ITM weight that is not positive, or one
     // without ITM to weigh; swapped-caption negatives without ITM to use them.
-    let refusals: [(&[&str], &str); 6] = [
+    let refusals: [(&[&str], &str); 8] = [
         (&[], "--vision-from"),
         (&["--train-vision", "--batch", "1"], "at least 2"),
         (
@@ -484,6 +486,20 @@ fn the_cli_reports_progress_as_json_and_refuses_bad_input_clearly() {
                 "--swapped-negatives",
             ],
             "swapped-caption negatives given, but ITM is not among the objectives",
+        ),
+        (
+            &[
+                "--train-vision",
+                "--objectives",
+                "itc",
+                "--hard-negatives",
+                "3",
+            ],
+            "more than one hard negative given, but ITM is not among the objectives",
+        ),
+        (
+            &["--train-vision", "--hard-negatives", "0"],
+            "at least one hard negative",
         ),
     ];
     for (i, (extra, says)) in refusals.iter().enumerate() {
@@ -753,17 +769,16 @@ fn check_stage1_gradients(objectives: quarry::train::stage1::Objectives, slack: 
         .collect();
     let false_texts = [false_texts[0].clone(), None, false_texts[1].clone()];
     let positives = Positives::from_groups(&[0, 1, 2]);
+    // Two hard negatives per side: every other image for each text and every other text for
+    // each image, so each pair the batch can make is in the ITM pass.
+    let negatives = quarry::train::stage1::ItmNegatives {
+        hard_per_side: 2,
+        false_texts: &false_texts,
+    };
     let loss = || -> candle_core::Tensor {
         let mut rng = quarry::synth::rng::SplitMix64::for_scene(9, 9);
         model
-            .losses(
-                &tokens,
-                &texts,
-                &false_texts,
-                &positives,
-                &mut rng,
-                objectives,
-            )
+            .losses(&tokens, &texts, negatives, &positives, &mut rng, objectives)
             .unwrap()
             .total()
             .unwrap()
