@@ -246,7 +246,7 @@ struct Stage1Job {
     objectives: Objectives,
     itm_weight: f64,
     swapped_negatives: bool,
-    hard_negatives: usize,
+    hard_negatives: std::num::NonZeroUsize,
     set: TrainSet,
     pixels: Pixels,
     features: Option<FrozenFeatures>,
@@ -378,17 +378,15 @@ pub fn train_stage1(
             "the ITM weight must be a positive number (got {itm_weight})"
         )));
     }
-    let hard_negatives = options.hard_negatives.unwrap_or(1);
-    if hard_negatives == 0 {
-        return Err(TrainError::Input(
-            "ITM needs at least one hard negative per example and side".into(),
-        ));
-    }
+    let hard_negatives = std::num::NonZeroUsize::new(options.hard_negatives.unwrap_or(1))
+        .ok_or_else(|| {
+            TrainError::Input("ITM needs at least one hard negative per example and side".into())
+        })?;
     // Options that only change ITM's training mean nothing without ITM.
     let itm_options = [
         (itm_weight != 1.0, "an ITM weight"),
         (options.swapped_negatives, "swapped-caption negatives"),
-        (hard_negatives != 1, "more than one hard negative"),
+        (hard_negatives.get() != 1, "more than one hard negative"),
     ];
     if let Some((_, what)) = itm_options
         .iter()

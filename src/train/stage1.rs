@@ -10,6 +10,8 @@
 //! the Q-Former, the query tokens, the text embeddings, the heads and the temperature are
 //! updated; the image encoder is frozen unless the run pre-trains it (`train_vision`).
 
+use std::num::NonZeroUsize;
+
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
@@ -145,8 +147,8 @@ impl Default for Objectives {
 #[derive(Debug, Clone, Copy)]
 pub struct ItmNegatives<'a> {
     /// Hard negatives drawn from ITC's similarities per example and side: images for each
-    /// text, texts for each image (BLIP-2: one of each). At least 1.
-    pub hard_per_side: usize,
+    /// text, texts for each image (BLIP-2: one of each).
+    pub hard_per_side: NonZeroUsize,
     /// Empty, or per image a tokenized text known to be false of it (see
     /// [`super::swapped_captions`]): each one is a further negative.
     pub false_texts: &'a [Option<Vec<u32>>],
@@ -156,7 +158,7 @@ impl Default for ItmNegatives<'_> {
     /// BLIP-2's: one hard negative per side, no false texts.
     fn default() -> Self {
         Self {
-            hard_per_side: 1,
+            hard_per_side: NonZeroUsize::MIN,
             false_texts: &[],
         }
     }
@@ -263,11 +265,6 @@ impl Stage1Model {
             )));
         }
         let false_texts = negatives.false_texts;
-        if negatives.hard_per_side == 0 {
-            return Err(crate::Error::Config(
-                "ITM needs at least one hard negative per example and side".into(),
-            ));
-        }
         if !false_texts.is_empty() && false_texts.len() != b {
             return Err(crate::Error::Config(format!(
                 "{} false texts for a batch of {b}: give one (or none) per image",
@@ -295,10 +292,10 @@ impl Stage1Model {
         let ids: Vec<Vec<u32>> = texts.iter().map(pad).collect();
         let masks: Vec<Vec<u32>> = texts.iter().map(mask_of).collect();
         // (image, padded ids, mask) of each false text.
-        let false_rows: Vec<(u32, Vec<u32>, Vec<u32>)> = false_texts
+        let false_rows: Vec<(usize, Vec<u32>, Vec<u32>)> = false_texts
             .iter()
             .enumerate()
-            .filter_map(|(i, t)| t.as_ref().map(|t| (i as u32, pad(t), mask_of(t))))
+            .filter_map(|(i, t)| t.as_ref().map(|t| (i, pad(t), mask_of(t))))
             .collect();
         let ids_tensor = |rows: &[Vec<u32>]| ids_tensor(rows, device);
         let memory = self.queries.qformer.image_memory(image_tokens)?;
@@ -316,9 +313,16 @@ impl Stage1Model {
             .text_embedding(&hidden.narrow(1, nq, 1)?.squeeze(1)?)?;
         let (itc, sim) = itc_loss(&image_feats, &text_feats, &self.temp, positives)?;
         let itm = if objectives.itm {
-            let hard = negatives.hard_per_side;
-            let rows = self.itm_rows(&sim, hard, &false_rows, positives, rng)?;
-            Some(self.itm_loss(&rows, &ids, &masks, &memory, device)?)
+            // (image, padded ids, mask): the matches first, then every negative.
+            let mut rows: Vec<(usize, &[u32], &[u32])> =
+                (0..b).map(|i| (i, &ids[i][..], &masks[i][..])).collect();
+            let hard = self.hard_negative_pairs(&sim, negatives.hard_per_side, positives, rng)?;
+            rows.extend(
+                hard.into_iter()
+                    .map(|(i, t)| (i, &ids[t][..], &masks[t][..])),
+            );
+            rows.extend(false_rows.iter().map(|(i, t, m)| (*i, &t[..], &m[..])));
+            Some(self.itm_loss(&rows, b, &memory, device)?)
         } else {
             None
         };
@@ -335,90 +339,67 @@ impl Stage1Model {
         })
     }
 
-    /// ITM's pairs: each example's positive, then `hard` hard negatives per side drawn from the
-    /// (detached) similarities (images for each text, then texts for each image), then the
-    /// pairs of `false_rows` (image, ids, mask).
-    fn itm_rows<'f>(
+    /// (image, text) pairs of hard negatives drawn from the (detached) similarities: `hard`
+    /// images for each text, then `hard` texts for each image, rank r of every example before
+    /// rank r + 1 (so one per side gives BLIP-2's rows in BLIP-2's order).
+    fn hard_negative_pairs(
         &self,
         sim: &Tensor,
-        hard: usize,
-        false_rows: &'f [(u32, Vec<u32>, Vec<u32>)],
+        hard: NonZeroUsize,
         positives: &Positives,
         rng: &mut SplitMix64,
-    ) -> crate::Result<ItmRows<'f>> {
-        let b = sim.dim(0)?;
-        let sim_i2t: Vec<Vec<f32>> = sim.detach().to_vec2()?;
-        let sim_t2i: Vec<Vec<f32>> = sim.detach().t()?.to_vec2()?;
+    ) -> crate::Result<Vec<(usize, usize)>> {
         let temp = self.temperature()?;
-        // A negative must not be described by the text it is paired with.
-        let neg_images_of_text = sample_hard_negatives(
-            &sim_t2i,
-            temp,
-            hard,
-            |t, i| positives.text_of_image(t, i),
-            rng,
-        );
-        let neg_texts_of_image = sample_hard_negatives(
-            &sim_i2t,
-            temp,
-            hard,
-            |i, t| positives.text_of_image(t, i),
-            rng,
-        );
-        // Rank r of every example before rank r + 1: one draw per side gives BLIP-2's order.
-        let by_rank = |drawn: &[Vec<usize>], flip: bool| -> Vec<(usize, usize)> {
-            (0..hard)
-                .flat_map(|r| {
-                    drawn.iter().enumerate().filter_map(move |(anchor, js)| {
-                        js.get(r)
-                            .map(|&j| if flip { (j, anchor) } else { (anchor, j) })
-                    })
-                })
-                .collect()
-        };
-        let mut pairs: Vec<(usize, TextRow)> = (0..b).map(|i| (i, TextRow::Batch(i))).collect();
-        pairs.extend(
-            by_rank(&neg_images_of_text, true)
-                .into_iter()
-                .map(|(i, t)| (i, TextRow::Batch(t))),
-        );
-        pairs.extend(
-            by_rank(&neg_texts_of_image, false)
-                .into_iter()
-                .map(|(i, t)| (i, TextRow::Batch(t))),
-        );
-        pairs.extend(
-            false_rows
-                .iter()
-                .enumerate()
-                .map(|(k, (i, _, _))| (*i as usize, TextRow::False(k))),
-        );
-        Ok(ItmRows {
-            pairs,
-            positives: b,
-            false_rows,
-        })
+        let mut pairs = Vec::new();
+        for anchor_is_text in [true, false] {
+            let sim = if anchor_is_text {
+                sim.detach().t()?
+            } else {
+                sim.detach()
+            };
+            // As (image, text): a negative must not be described by the text it is paired with.
+            let as_pair = |anchor: usize, j: usize| {
+                if anchor_is_text {
+                    (j, anchor)
+                } else {
+                    (anchor, j)
+                }
+            };
+            let drawn = sample_hard_negatives(
+                &sim.to_vec2()?,
+                temp,
+                hard.get(),
+                |anchor, j| {
+                    let (image, text) = as_pair(anchor, j);
+                    positives.text_of_image(text, image)
+                },
+                rng,
+            );
+            for rank in 0..hard.get() {
+                pairs.extend(
+                    drawn
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(anchor, js)| js.get(rank).map(|&j| as_pair(anchor, j))),
+                );
+            }
+        }
+        Ok(pairs)
     }
 
-    /// ITM's cross-entropy over `rows`: the first `rows.positives` pairs are matches, the rest not.
+    /// ITM's cross-entropy over `rows` (image, padded ids, mask): the first `matches` are
+    /// matches, the rest not.
     fn itm_loss(
         &self,
-        rows: &ItmRows,
-        ids: &[Vec<u32>],
-        masks: &[Vec<u32>],
+        rows: &[(usize, &[u32], &[u32])],
+        matches: usize,
         memory: &crate::model::ImageMemory,
         device: &candle_core::Device,
     ) -> crate::Result<Tensor> {
         let nq = self.num_query_tokens;
-        let (itm_ids, itm_masks): (Vec<Vec<u32>>, Vec<Vec<u32>>) = rows
-            .pairs
-            .iter()
-            .map(|(_, t)| match *t {
-                TextRow::Batch(j) => (ids[j].clone(), masks[j].clone()),
-                TextRow::False(k) => (rows.false_rows[k].1.clone(), rows.false_rows[k].2.clone()),
-            })
-            .unzip();
-        let image_rows: Vec<u32> = rows.pairs.iter().map(|(i, _)| *i as u32).collect();
+        let itm_ids: Vec<Vec<u32>> = rows.iter().map(|(_, t, _)| t.to_vec()).collect();
+        let itm_masks: Vec<Vec<u32>> = rows.iter().map(|(_, _, m)| m.to_vec()).collect();
+        let image_rows: Vec<u32> = rows.iter().map(|(i, _, _)| *i as u32).collect();
         let itm_memory = memory.select_rows(&Tensor::new(image_rows.as_slice(), device)?)?;
         let embeds = self.joint_embeddings(&ids_tensor(&itm_ids, device)?)?;
         let mask = attention_mask(MaskKind::Bidirectional, nq, &itm_masks, device)?;
@@ -427,8 +408,8 @@ impl Stage1Model {
             .qformer
             .forward(&embeds, nq, Some(&mask), Some(&itm_memory))?;
         let logits = self.heads.itm_logits(&hidden.narrow(1, 0, nq)?)?;
-        let labels: Vec<Option<u32>> = (0..itm_ids.len())
-            .map(|i| Some(u32::from(i < rows.positives)))
+        let labels: Vec<Option<u32>> = (0..rows.len())
+            .map(|i| Some(u32::from(i < matches)))
             .collect();
         Ok(cross_entropy(&logits, &labels, 0.0)?)
     }
@@ -494,23 +475,6 @@ impl Stage1Model {
             .text_embedding(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?;
         Ok((image, text))
     }
-}
-
-/// Where an ITM pair's text comes from.
-#[derive(Debug, Clone, Copy)]
-enum TextRow {
-    /// The batch's text of this index.
-    Batch(usize),
-    /// The false text of this index in [`ItmRows::false_rows`].
-    False(usize),
-}
-
-/// The (image, text) pairs of one ITM pass, the matches first.
-struct ItmRows<'f> {
-    pairs: Vec<(usize, TextRow)>,
-    positives: usize,
-    /// (image, padded ids, mask) of each false text.
-    false_rows: &'f [(u32, Vec<u32>, Vec<u32>)],
 }
 
 /// Equal-length token rows as a [B, L] tensor.

@@ -772,7 +772,7 @@ fn check_stage1_gradients(objectives: quarry::train::stage1::Objectives, slack: 
     // Two hard negatives per side: every other image for each text and every other text for
     // each image, so each pair the batch can make is in the ITM pass.
     let negatives = quarry::train::stage1::ItmNegatives {
-        hard_per_side: 2,
+        hard_per_side: std::num::NonZeroUsize::new(2).unwrap(),
         false_texts: &false_texts,
     };
     let loss = || -> candle_core::Tensor {
