@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use candle_core::DType;
 use quarry::train::optim::AdamWSettings;
+use quarry::train::vision::VisionObjectives;
 use quarry::train::{
     train_language_model, train_stage1, train_stage2, train_vision_encoder, RunPaths,
     Stage1Options, Stage2Sources, TrainEvent, TrainSettings, TrainSummary,
@@ -27,7 +28,7 @@ enum Stage {
     /// Pre-train an OPT decoder alone on the captions (how the demo's language model is made).
     Lm(LmArgs),
     /// Pre-train the image encoder on `quarry synth` scenes (per-patch colour and shape labels).
-    Vision(LmArgs),
+    Vision(VisionArgs),
 }
 
 /// Data, starting folder, output and optimisation flags shared by every stage.
@@ -166,6 +167,17 @@ struct Stage2Args {
 struct LmArgs {
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+struct VisionArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Also teach each patch token its own cell of the patch grid, so that the encoder's output
+    /// keeps where things are (the Q-Former reads nothing else; without it the demo encoder
+    /// lost positions, and with them every "left of" and "in the top right").
+    #[arg(long)]
+    patch_places: bool,
 }
 
 impl Common {
@@ -354,7 +366,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         Stage::Vision(a) => {
             let c = &a.common;
-            let summary = train_vision_encoder(&c.paths()?, &c.settings()?, &mut reporter(c.json))?;
+            let objectives = VisionObjectives {
+                patch_places: a.patch_places,
+            };
+            let summary = train_vision_encoder(
+                &c.paths()?,
+                objectives,
+                &c.settings()?,
+                &mut reporter(c.json),
+            )?;
             Ok(finish(summary, c.json))
         }
         Stage::Lm(a) => {

@@ -23,7 +23,9 @@ use super::stage1::{
     is_training_only, ItmNegatives, Objectives, Stage1Model, QFORMER_PREFIXES, TEMP,
 };
 use super::stage2::{OptLanguageModel, Stage2Model, STAGE2_PREFIXES};
-use super::vision::{read_patch_labels, PatchLabels, VisionPretrainModel, PATCH_HEADS};
+use super::vision::{
+    read_patch_labels, PatchLabels, VisionObjectives, VisionPretrainModel, PATCH_HEADS,
+};
 use super::TrainError;
 use crate::indexer::PreprocessSpec;
 use crate::model::opt::OptConfig;
@@ -540,8 +542,10 @@ impl Job for VisionJob {
         let batch = self.set.batch(s.seed, s.batch, step);
         let pixels = self.pixels.batch(&batch.images, &s.device)?;
         let labels: Vec<&PatchLabels> = batch.images.iter().map(|&i| &self.labels[i]).collect();
-        let (colour, shape) = self.model.losses(&pixels, &labels)?;
-        Ok(StepLosses::all(vec![("colour", colour), ("shape", shape)])?)
+        let losses = self.model.losses(&pixels, &labels)?;
+        let mut named = vec![("colour", losses.colour), ("shape", losses.shape)];
+        named.extend(losses.place.map(|p| ("place", p)));
+        Ok(StepLosses::all(named)?)
     }
 
     fn write_model(&self, store: &ParamStore, dtype: DType) -> Result<(), TrainError> {
@@ -564,10 +568,12 @@ impl Job for VisionJob {
 }
 
 /// Pre-trains the image encoder described by `paths.init`'s `vision_config` on `quarry synth`
-/// scenes with per-patch colour and shape labels ([`super::vision`]), and writes it as a
-/// `Blip2VisionModel` folder, which `train_stage1` takes with `vision_from`.
+/// scenes with per-patch colour and shape labels, and with `objectives` more
+/// ([`super::vision`]), and writes it as a `Blip2VisionModel` folder, which `train_stage1`
+/// takes with `vision_from`.
 pub fn train_vision_encoder(
     paths: &RunPaths,
+    objectives: VisionObjectives,
     settings: &TrainSettings,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary, TrainError> {
@@ -596,7 +602,7 @@ pub fn train_vision_encoder(
         settings.seed,
         &device,
     );
-    let model = VisionPretrainModel::new(v, store.var_builder())?;
+    let model = VisionPretrainModel::new(v, objectives, store.var_builder())?;
     let pixels = Pixels::load(&set, &preprocess)?;
     let job = VisionJob {
         model,

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use quarry::synth::{generate, SynthOptions};
+use quarry::train::vision::VisionObjectives;
 use quarry::train::{
-    train_language_model, train_stage1, train_stage2, RunPaths, Stage1Options, Stage2Sources,
-    TrainEvent, TrainSettings, TrainSummary,
+    train_language_model, train_stage1, train_stage2, train_vision_encoder, RunPaths,
+    Stage1Options, Stage2Sources, TrainEvent, TrainSettings, TrainSummary,
 };
 use serde_json::{json, Value};
 
@@ -804,4 +805,62 @@ fn check_stage1_gradients(objectives: quarry::train::stage1::Objectives, slack: 
         },
         (0.03, slack),
     )
+}
+
+/// `quarry train vision`: the per-patch colour and shape losses fall over a short run, and with
+/// `patch_places` so does the loss of each patch token naming its own cell (from about ln 64 on
+/// an 8×8 grid); the folder it writes is an encoder stage 1 takes unchanged.
+#[test]
+fn encoder_pretraining_lowers_its_losses_and_feeds_stage_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data(tmp.path(), 32, 5);
+    // Patches of 4 pixels (an 8×8 grid), so that the small objects fill some patches.
+    let init = tiny_recipe("demo-retrieval", tmp.path(), |c| {
+        shrink_blip2(c);
+        c["vision_config"]["patch_size"] = json!(4);
+    });
+    let encoder = tmp.path().join("encoder");
+    let with_places = VisionObjectives { patch_places: true };
+    let s = train_vision_encoder(
+        &paths(&data, &init, &encoder),
+        with_places,
+        &settings(60, 8),
+        &mut quiet,
+    )
+    .unwrap();
+    for objective in ["colour", "shape", "place"] {
+        let (first, last) = (
+            loss(&s.first_losses, objective),
+            loss(&s.last_losses, objective),
+        );
+        assert!(last < first, "{objective} went from {first} to {last}");
+    }
+    assert!(loss(&s.first_losses, "place") > 0.8 * 64f32.ln());
+    // Without places no place loss is computed.
+    let plain = train_vision_encoder(
+        &paths(&data, &init, &tmp.path().join("plain")),
+        VisionObjectives::default(),
+        &settings(2, 8),
+        &mut quiet,
+    )
+    .unwrap();
+    assert!(plain.last_losses.iter().all(|(n, _)| *n != "place"));
+    // The encoder folder holds the encoder alone, under BLIP-2's names, and stage 1 runs on it.
+    let tensors = candle_core::safetensors::load(
+        encoder.join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(tensors.contains_key("post_layernorm.weight"));
+    assert!(tensors.keys().all(|k| !k.starts_with("patch_heads.")));
+    train_stage1(
+        &paths(&data, &init, &tmp.path().join("stage1")),
+        &Stage1Options {
+            vision_from: Some(encoder),
+            ..Default::default()
+        },
+        &settings(2, 9),
+        &mut quiet,
+    )
+    .unwrap();
 }
