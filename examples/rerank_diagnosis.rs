@@ -18,11 +18,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use quarry::eval::Annotations;
-use quarry::indexer::{preprocess_file, DecodeLimits};
 use quarry::model::itc_scores;
 use quarry::{LoadOptions, RetrievalFolder};
+
+#[path = "support/scene_tokens.rs"]
+mod support;
+use support::scene_tokens;
 
 /// Upper edges of the probability bins of the calibration table.
 const BIN_EDGES: [f64; 5] = [0.1, 0.5, 0.9, 0.99, 1.0];
@@ -55,29 +58,22 @@ fn main() -> Result<()> {
     let ann = Annotations::load(&data.join("annotations.json"), None)?;
     let folder = RetrievalFolder::open(model)?;
     let retriever = folder.load(&LoadOptions::default())?;
-    let size = folder.preprocess.size as usize;
     let texts: Vec<&str> = ann.texts.iter().map(String::as_str).collect();
     let text_embeds =
         retriever.embed_texts(&folder.tokenizer.batch(&texts, None, &Device::Cpu)?)?;
 
     // ITC of every image with every text, keeping each image's ViT output for ITM.
-    let mut image_tokens = Vec::new();
-    let mut itc: Vec<Vec<f32>> = Vec::new();
-    for path in &ann.images {
-        let pixels = preprocess_file(
-            &data.join(path),
-            &folder.preprocess,
-            DecodeLimits::default(),
-        )?;
-        let tokens =
-            retriever.image_tokens(&Tensor::from_vec(pixels, (1, 3, size, size), &Device::Cpu)?)?;
-        itc.push(
-            itc_scores(&retriever.image_embeddings(&tokens)?, &text_embeds)?
-                .squeeze(0)?
-                .to_vec1()?,
-        );
-        image_tokens.push(tokens);
-    }
+    let image_tokens = scene_tokens(&data, &ann, &folder, &retriever)?;
+    let itc: Vec<Vec<f32>> = image_tokens
+        .iter()
+        .map(|tokens| {
+            Ok(
+                itc_scores(&retriever.image_embeddings(tokens)?, &text_embeds)?
+                    .squeeze(0)?
+                    .to_vec1()?,
+            )
+        })
+        .collect::<Result<_>>()?;
 
     // Each text's top-k images by ITC, then ITM of each needed pair, one image at a time.
     let top_k: Vec<Vec<usize>> = (0..texts.len())

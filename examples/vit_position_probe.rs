@@ -16,10 +16,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Result};
-use candle_core::{Device, Tensor};
 use quarry::eval::Annotations;
-use quarry::indexer::{preprocess_file, DecodeLimits};
 use quarry::{LoadOptions, RetrievalFolder};
+
+#[path = "support/scene_tokens.rs"]
+mod support;
+use support::scene_tokens;
 
 /// Ridge strength (the tokens are layer-normed, so features are O(1)).
 const RIDGE: f64 = 1e-2;
@@ -56,35 +58,26 @@ struct Sample {
 fn samples(data: &std::path::Path, ann: &Annotations, model: &str) -> Result<Vec<Vec<Sample>>> {
     let folder = RetrievalFolder::open(model)?;
     let retriever = folder.load(&LoadOptions::default())?;
-    let size = folder.preprocess.size as usize;
-    let mut per_image = Vec::new();
-    for path in &ann.images {
-        let pixels = preprocess_file(
-            &data.join(path),
-            &folder.preprocess,
-            DecodeLimits::default(),
-        )?;
-        let tokens =
-            retriever.image_tokens(&Tensor::from_vec(pixels, (1, 3, size, size), &Device::Cpu)?)?;
-        let tokens: Vec<Vec<f32>> = tokens.squeeze(0)?.to_vec2()?;
-        let patches = tokens.len() - 1;
-        let side = (patches as f64).sqrt() as usize;
-        ensure!(
-            side * side == patches,
-            "{patches} patch tokens do not make a square grid"
-        );
-        per_image.push(
-            tokens[1..]
+    scene_tokens(data, ann, &folder, &retriever)?
+        .iter()
+        .map(|tokens| {
+            let tokens: Vec<Vec<f32>> = tokens.squeeze(0)?.to_vec2()?;
+            let patches = tokens.len() - 1;
+            let side = (patches as f64).sqrt() as usize;
+            ensure!(
+                side * side == patches,
+                "{patches} patch tokens do not make a square grid"
+            );
+            Ok(tokens[1..]
                 .iter()
                 .enumerate()
                 .map(|(p, token)| Sample {
                     features: token.iter().map(|&x| f64::from(x)).chain([1.0]).collect(),
                     place: [(p / side) as f64, (p % side) as f64],
                 })
-                .collect(),
-        );
-    }
-    Ok(per_image)
+                .collect())
+        })
+        .collect()
 }
 
 fn main() -> Result<()> {
