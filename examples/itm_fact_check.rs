@@ -15,13 +15,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use quarry::eval::Annotations;
-use quarry::indexer::{preprocess_file, DecodeLimits};
 use quarry::model::itc_scores;
 use quarry::synth::rng::SplitMix64;
 use quarry::train::swapped_captions::{swap_one_fact, FalseFact, SwappedCaption};
 use quarry::{LoadOptions, RetrievalFolder};
+
+#[path = "support/scene_tokens.rs"]
+mod support;
+use support::image_tokens;
 
 #[derive(Default)]
 struct Tally {
@@ -41,7 +44,6 @@ fn main() -> Result<()> {
     for model in models {
         let folder = RetrievalFolder::open(model).with_context(|| model.clone())?;
         let retriever = folder.load(&LoadOptions::default())?;
-        let size = folder.preprocess.size as usize;
         let mut rng = SplitMix64::for_scene(7, 7);
         let mut tallies: BTreeMap<FalseFact, Tally> = BTreeMap::new();
         for (image, path) in ann.images.iter().enumerate() {
@@ -56,13 +58,7 @@ fn main() -> Result<()> {
             if pairs.is_empty() {
                 continue;
             }
-            let pixels = preprocess_file(
-                &data.join(path),
-                &folder.preprocess,
-                DecodeLimits::default(),
-            )?;
-            let pixels = Tensor::from_vec(pixels, (1, 3, size, size), &Device::Cpu)?;
-            let tokens = retriever.image_tokens(&pixels)?;
+            let tokens = image_tokens(&data.join(path), &folder, &retriever)?;
             let texts: Vec<&str> = pairs
                 .iter()
                 .flat_map(|(c, s)| [c.as_str(), s.text.as_str()])
