@@ -178,6 +178,11 @@ struct VisionArgs {
     /// lost positions, and with them every "left of" and "in the top right").
     #[arg(long)]
     patch_places: bool,
+    /// Keep the encoder's output near the starting encoder's: the mean squared distance
+    /// between them ("drift") is minimised, this many times, beside the patch losses, so a
+    /// Q-Former trained on the starting encoder still reads the new one.
+    #[arg(long, value_name = "WEIGHT")]
+    keep_features: Option<f64>,
 }
 
 impl Common {
@@ -368,6 +373,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let c = &a.common;
             let objectives = VisionObjectives {
                 patch_places: a.patch_places,
+                keep_features: a.keep_features,
             };
             let summary = train_vision_encoder(
                 &c.paths()?,

@@ -522,6 +522,7 @@ struct VisionJob {
     set: TrainSet,
     pixels: Pixels,
     labels: Vec<PatchLabels>,
+    drift_weight: f64,
     settings: TrainSettings,
     vision_config: serde_json::Value,
     init: PathBuf,
@@ -543,9 +544,11 @@ impl Job for VisionJob {
         let pixels = self.pixels.batch(&batch.images, &s.device)?;
         let labels: Vec<&PatchLabels> = batch.images.iter().map(|&i| &self.labels[i]).collect();
         let losses = self.model.losses(&pixels, &labels)?;
+        let minimised = losses.weighted_total(self.drift_weight)?;
         let mut named = vec![("colour", losses.colour), ("shape", losses.shape)];
         named.extend(losses.place.map(|p| ("place", p)));
-        Ok(StepLosses::all(named)?)
+        named.extend(losses.drift.map(|d| ("drift", d)));
+        Ok(StepLosses { named, minimised })
     }
 
     fn write_model(&self, store: &ParamStore, dtype: DType) -> Result<(), TrainError> {
@@ -596,19 +599,41 @@ pub fn train_vision_encoder(
         )));
     }
     let source = read_tensors(&paths.init, "", &device)?;
+    let drift_weight = match objectives.keep_features {
+        Some(w) if !(w.is_finite() && w > 0.0) => {
+            return Err(TrainError::Input(format!(
+                "the weight that keeps the encoder's features must be a positive number (got {w})"
+            )))
+        }
+        Some(_) if !source.keys().any(|k| k.starts_with("vision_model.")) => {
+            return Err(TrainError::Input(format!(
+                "{} holds no image encoder whose features could be kept",
+                paths.init.display()
+            )))
+        }
+        Some(w) => w,
+        None => 0.0,
+    };
+    let start: HashMap<String, Tensor> = source
+        .iter()
+        .filter(|(name, _)| name.starts_with("vision_model."))
+        .map(|(name, t)| Ok((name.clone(), t.to_dtype(DType::F32)?)))
+        .collect::<candle_core::Result<_>>()?;
+    let start = candle_nn::VarBuilder::from_tensors(start, DType::F32, &device);
     let store = ParamStore::new(
         source,
         Trainable::prefixes(&["vision_model.", PATCH_HEADS]),
         settings.seed,
         &device,
     );
-    let model = VisionPretrainModel::new(v, objectives, store.var_builder())?;
+    let model = VisionPretrainModel::new(v, objectives, store.var_builder(), start)?;
     let pixels = Pixels::load(&set, &preprocess)?;
     let job = VisionJob {
         model,
         set,
         pixels,
         labels,
+        drift_weight,
         settings: settings.clone(),
         vision_config: config_json["vision_config"].clone(),
         init: paths.init.clone(),

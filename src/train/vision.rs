@@ -18,6 +18,13 @@
 //! or "in the top right" (issue #7). With [`VisionObjectives::patch_places`] each patch token
 //! also names its own cell of the grid, a third cross-entropy with the colour and shape ones,
 //! which keeps the place in the output the Q-Former reads.
+//!
+//! Teaching places to a trained encoder moves all of its output, and a Q-Former trained on the
+//! old output reads the new one as noise (the demo's Q-Former fell from 69 % to 1 % text→image
+//! R@1), so it has to be trained again from far away. [`VisionObjectives::keep_features`]
+//! anchors the output to the starting encoder's instead: a frozen copy of it sees the same
+//! batch and the squared distance between the two outputs is minimised beside the patch
+//! losses, so the new facts have to find room where the old Q-Former does not look.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -159,11 +166,14 @@ pub fn read_patch_labels(annotations: &Path, grid: usize) -> Result<Vec<PatchLab
 }
 
 /// What the encoder's patch tokens are taught to name besides colour and shape.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct VisionObjectives {
     /// Each patch token names its own cell of the patch grid (off: the committed demo
     /// encoder's recipe).
     pub patch_places: bool,
+    /// Weight of the output's mean squared distance from the starting encoder's output
+    /// ("drift"); `None`: the output may move freely.
+    pub keep_features: Option<f64>,
 }
 
 /// The losses of one batch, each a mean over the patches it asks about.
@@ -175,6 +185,26 @@ pub struct PatchLosses {
     pub shape: Tensor,
     /// Cell of every patch, with [`VisionObjectives::patch_places`].
     pub place: Option<Tensor>,
+    /// Mean squared distance of every output element from the starting encoder's, unweighted,
+    /// with [`VisionObjectives::keep_features`].
+    pub drift: Option<Tensor>,
+}
+
+impl PatchLosses {
+    /// What a step minimises: the patch losses, plus the drift `weight` times.
+    pub fn weighted_total(&self, drift_weight: f64) -> candle_core::Result<Tensor> {
+        let drift = self.drift.as_ref().map(|d| d * drift_weight).transpose()?;
+        super::losses::sum_losses(
+            [
+                Some(&self.colour),
+                Some(&self.shape),
+                self.place.as_ref(),
+                drift.as_ref(),
+            ]
+            .into_iter()
+            .flatten(),
+        )
+    }
 }
 
 /// The image encoder with linear heads on its patch tokens.
@@ -184,6 +214,8 @@ pub struct VisionPretrainModel {
     colour_head: Linear,
     shape_head: Linear,
     place_head: Option<Linear>,
+    /// The starting encoder, frozen, with [`VisionObjectives::keep_features`].
+    anchor: Option<VisionModel>,
 }
 
 /// Prefix of the (training-only) patch heads.
@@ -191,11 +223,14 @@ pub const PATCH_HEADS: &str = "patch_heads.";
 
 impl VisionPretrainModel {
     /// Builds the encoder (`vision_model.*`) and the heads (`patch_heads.*`); the place head
-    /// only when asked, so that a run without it draws its fresh weights as before.
+    /// only when asked, so that a run without it draws its fresh weights as before. `start`
+    /// holds the starting weights, read (as `vision_model.*`) into the frozen anchor when
+    /// [`VisionObjectives::keep_features`] asks for one.
     pub fn new(
         cfg: &VisionConfig,
         objectives: VisionObjectives,
         vb: VarBuilder,
+        start: VarBuilder,
     ) -> candle_core::Result<Self> {
         let h = cfg.hidden_size;
         let cells = cfg.patches_per_side().pow(2);
@@ -206,6 +241,10 @@ impl VisionPretrainModel {
             place_head: objectives
                 .patch_places
                 .then(|| Linear::new(h, cells, vb.pp("patch_heads.place")))
+                .transpose()?,
+            anchor: objectives
+                .keep_features
+                .map(|_| VisionModel::new(cfg, start.pp("vision_model")))
                 .transpose()?,
         })
     }
@@ -251,6 +290,13 @@ impl VisionPretrainModel {
             }
             None => None,
         };
+        let drift = match &self.anchor {
+            Some(anchor) => {
+                let fixed = anchor.forward(pixels)?.detach();
+                Some((&tokens - fixed)?.sqr()?.mean_all()?)
+            }
+            None => None,
+        };
         Ok(PatchLosses {
             colour: cross_entropy(&self.colour_head.forward(&patches)?, &colour, 0.0)?,
             // A batch in which no patch shows an object (small objects on a coarse grid) has
@@ -261,6 +307,7 @@ impl VisionPretrainModel {
                 Tensor::zeros((), patches.dtype(), patches.device())?
             },
             place,
+            drift,
         })
     }
 }

@@ -809,7 +809,8 @@ fn check_stage1_gradients(objectives: quarry::train::stage1::Objectives, slack: 
 
 /// `quarry train vision`: the per-patch colour and shape losses fall over a short run, and with
 /// `patch_places` so does the loss of each patch token naming its own cell (from about ln 64 on
-/// an 8×8 grid); the folder it writes is an encoder stage 1 takes unchanged.
+/// an 8×8 grid); the folder it writes is an encoder stage 1 takes unchanged; `keep_features`
+/// holds the output near the starting encoder's.
 #[test]
 fn encoder_pretraining_lowers_its_losses_and_feeds_stage_1() {
     let tmp = tempfile::tempdir().unwrap();
@@ -820,7 +821,10 @@ fn encoder_pretraining_lowers_its_losses_and_feeds_stage_1() {
         c["vision_config"]["patch_size"] = json!(4);
     });
     let encoder = tmp.path().join("encoder");
-    let with_places = VisionObjectives { patch_places: true };
+    let with_places = VisionObjectives {
+        patch_places: true,
+        ..Default::default()
+    };
     let s = train_vision_encoder(
         &paths(&data, &init, &encoder),
         with_places,
@@ -863,4 +867,50 @@ fn encoder_pretraining_lowers_its_losses_and_feeds_stage_1() {
         &mut quiet,
     )
     .unwrap();
+    // Anchored to the encoder it starts from (the one in stage 1's folder), the output first
+    // matches that encoder's exactly, and stays nearer to it the more the anchor weighs.
+    let drift = |weight: f64, out: &str| {
+        let s = train_vision_encoder(
+            &paths(&data, &tmp.path().join("stage1"), &tmp.path().join(out)),
+            VisionObjectives {
+                patch_places: true,
+                keep_features: Some(weight),
+            },
+            // Windows of one step, so that the first losses are those before any update.
+            &TrainSettings {
+                log_every: 1,
+                ..settings(20, 8)
+            },
+            &mut quiet,
+        )
+        .unwrap();
+        (
+            loss(&s.first_losses, "drift"),
+            loss(&s.last_losses, "drift"),
+        )
+    };
+    let (at_start, anchored) = drift(100.0, "anchored");
+    let (_, loose) = drift(1e-3, "loose");
+    assert!(
+        at_start < 1e-6,
+        "the frozen copy differs at the start: {at_start}"
+    );
+    assert!(
+        anchored < loose / 2.0,
+        "weight 100 drifted {anchored}, weight 0.001 {loose}"
+    );
+    // A recipe without weights has no features to keep.
+    let fresh = train_vision_encoder(
+        &paths(&data, &init, &tmp.path().join("nothing-to-keep")),
+        VisionObjectives {
+            patch_places: false,
+            keep_features: Some(1.0),
+        },
+        &settings(2, 8),
+        &mut quiet,
+    );
+    assert!(
+        matches!(&fresh, Err(quarry::train::TrainError::Input(m)) if m.contains("no image encoder")),
+        "{fresh:?}"
+    );
 }
