@@ -1,7 +1,8 @@
 //! How often a retrieval model scores each caption of a test set above the same caption with
 //! one fact changed (`src/train/swapped_captions.rs`), by the kind of fact, with ITM (the
 //! class-1 logit) and with ITC (the cosine, max over queries): whether a model checks colours,
-//! shapes, sizes, counts, places and which colour goes with which object. Issue #7 used it to
+//! shapes, sizes, counts (also one object made three or four), places and which colour goes
+//! with which object. Issue #7 used it to
 //! see what the demo model's ITM head misses.
 //!
 //! ```text
@@ -19,7 +20,9 @@ use candle_core::Device;
 use quarry::eval::Annotations;
 use quarry::model::itc_scores;
 use quarry::synth::rng::SplitMix64;
-use quarry::train::swapped_captions::{swap_one_fact, FalseFact, SwappedCaption};
+use quarry::train::swapped_captions::{
+    multiply_one_object, swap_one_fact, FalseFact, SwappedCaption,
+};
 use quarry::{LoadOptions, RetrievalFolder};
 
 #[path = "support/scene_tokens.rs"]
@@ -45,6 +48,8 @@ fn main() -> Result<()> {
         let folder = RetrievalFolder::open(model).with_context(|| model.clone())?;
         let retriever = folder.load(&LoadOptions::default())?;
         let mut rng = SplitMix64::for_scene(7, 7);
+        // Its own generator, so that the other changes are drawn as before it was added.
+        let mut multiply_rng = SplitMix64::for_scene(7, 8);
         let mut tallies: BTreeMap<FalseFact, Tally> = BTreeMap::new();
         for (image, path) in ann.images.iter().enumerate() {
             let captions: Vec<&String> =
@@ -53,6 +58,11 @@ fn main() -> Result<()> {
             let pairs: Vec<(&String, SwappedCaption)> = captions
                 .iter()
                 .filter_map(|&c| swap_one_fact(c, &mut rng).map(|s| (c, s)))
+                .chain(
+                    captions
+                        .iter()
+                        .filter_map(|&c| multiply_one_object(c, &mut multiply_rng).map(|s| (c, s))),
+                )
                 .filter(|(_, s)| !captions.contains(&&s.text))
                 .collect();
             if pairs.is_empty() {

@@ -136,6 +136,11 @@ struct Stage1Args {
     /// `quarry synth` captions, where every such change is false.
     #[arg(long)]
     swapped_negatives: bool,
+    /// With --swapped-negatives, the change may also make one object many ("a red circle ..."
+    /// -> "three red circles ..."): ITM then learns to count, which the batch's hard negatives
+    /// rarely ask of it because ITC already ranks the wrong counts low.
+    #[arg(long, requires = "swapped_negatives")]
+    multiplied_objects: bool,
     /// Hard negatives ITM draws per example from ITC's similarities, on each side (images for
     /// a text, texts for an image). BLIP-2 draws one; more show ITM the 2nd, 3rd, ... hardest
     /// candidates too, the ones re-ranking ITC's top k must tell apart (each costs one more
@@ -353,6 +358,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 },
                 itm_weight: Some(a.itm_weight),
                 swapped_negatives: a.swapped_negatives,
+                multiplied_objects: a.multiplied_objects,
                 hard_negatives: Some(a.hard_negatives),
             };
             let summary =

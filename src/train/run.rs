@@ -239,6 +239,9 @@ pub struct Stage1Options {
     /// Give ITM, per example, one more negative: the example's caption with one fact changed
     /// ([`super::swapped_captions`]).
     pub swapped_negatives: bool,
+    /// With `swapped_negatives`, the change may also make one object many
+    /// ([`super::swapped_captions::SwapKinds::multiply_objects`]).
+    pub multiplied_objects: bool,
     /// Hard negatives ITM draws per example and side; `None` = one, as BLIP-2.
     pub hard_negatives: Option<usize>,
 }
@@ -248,6 +251,7 @@ struct Stage1Job {
     objectives: Objectives,
     itm_weight: f64,
     swapped_negatives: bool,
+    swap_kinds: super::swapped_captions::SwapKinds,
     hard_negatives: std::num::NonZeroUsize,
     set: TrainSet,
     pixels: Pixels,
@@ -272,14 +276,15 @@ impl Stage1Job {
             .images
             .iter()
             .zip(&batch.captions)
-            .map(
-                |(&i, caption)| match super::swapped_captions::swap_one_fact(caption, &mut rng) {
+            .map(|(&i, caption)| {
+                match super::swapped_captions::swap_one_fact_of(caption, self.swap_kinds, &mut rng)
+                {
                     Some(t) if !self.set.captions[i].contains(&t.text) => {
                         Ok(Some(self.tokenizer.encode(&[t.text.as_str()])?.remove(0)))
                     }
                     _ => Ok(None),
-                },
-            )
+                }
+            })
             .collect()
     }
 }
@@ -384,6 +389,12 @@ pub fn train_stage1(
         .ok_or_else(|| {
             TrainError::Input("ITM needs at least one hard negative per example and side".into())
         })?;
+    if options.multiplied_objects && !options.swapped_negatives {
+        return Err(TrainError::Input(
+            "multiplied objects are a kind of swapped-caption negative: give swapped negatives too"
+                .into(),
+        ));
+    }
     // Options that only change ITM's training mean nothing without ITM.
     let itm_options = [
         (itm_weight != 1.0, "an ITM weight"),
@@ -486,6 +497,9 @@ pub fn train_stage1(
         objectives: options.objectives,
         itm_weight,
         swapped_negatives: options.swapped_negatives,
+        swap_kinds: super::swapped_captions::SwapKinds {
+            multiply_objects: options.multiplied_objects,
+        },
         hard_negatives,
         set,
         pixels,

@@ -343,14 +343,29 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     let tmp = tempfile::tempdir().unwrap();
     let data = data(tmp.path(), 24, 6);
     let init = tiny_recipe("demo-retrieval", tmp.path(), shrink_blip2);
-    // With swapped-caption negatives and two hard negatives per side, which are drawn per
-    // step like the rest.
+    // With swapped-caption negatives (multiplied objects among them) and two hard negatives
+    // per side, which are drawn per step like the rest.
     let options = Stage1Options {
         train_vision: true,
         swapped_negatives: true,
+        multiplied_objects: true,
         hard_negatives: Some(2),
         ..Default::default()
     };
+    // Multiplied objects are one kind of swapped negative, not an option of their own.
+    let alone = Stage1Options {
+        swapped_negatives: false,
+        ..options.clone()
+    };
+    let err = train_stage1(
+        &paths(&data, &init, &tmp.path().join("alone")),
+        &alone,
+        &settings(1, 7),
+        &mut quiet,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("give swapped negatives too"), "{err}");
     let straight = tmp.path().join("straight");
     train_stage1(
         &paths(&data, &init, &straight),
