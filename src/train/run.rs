@@ -628,12 +628,21 @@ pub fn train_vision_encoder(
         Some(w) => w,
         None => 0.0,
     };
-    let start: HashMap<String, Tensor> = source
-        .iter()
-        .filter(|(name, _)| name.starts_with("vision_model."))
-        .map(|(name, t)| Ok((name.clone(), t.to_dtype(DType::F32)?)))
-        .collect::<candle_core::Result<_>>()?;
-    let start = candle_nn::VarBuilder::from_tensors(start, DType::F32, &device);
+    // The anchor's own f32 copy of the starting encoder, only when there is one.
+    let start = if objectives.keep_features.is_some() {
+        let tensors: HashMap<String, Tensor> = source
+            .iter()
+            .filter(|(name, _)| name.starts_with("vision_model."))
+            .map(|(name, t)| Ok((name.clone(), t.to_dtype(DType::F32)?)))
+            .collect::<candle_core::Result<_>>()?;
+        Some(candle_nn::VarBuilder::from_tensors(
+            tensors,
+            DType::F32,
+            &device,
+        ))
+    } else {
+        None
+    };
     let store = ParamStore::new(
         source,
         Trainable::prefixes(&["vision_model.", PATCH_HEADS]),

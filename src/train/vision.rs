@@ -224,13 +224,13 @@ pub const PATCH_HEADS: &str = "patch_heads.";
 impl VisionPretrainModel {
     /// Builds the encoder (`vision_model.*`) and the heads (`patch_heads.*`); the place head
     /// only when asked, so that a run without it draws its fresh weights as before. `start`
-    /// holds the starting weights, read (as `vision_model.*`) into the frozen anchor when
-    /// [`VisionObjectives::keep_features`] asks for one.
+    /// holds the starting weights (as `vision_model.*`) for the frozen anchor that
+    /// [`VisionObjectives::keep_features`] asks for.
     pub fn new(
         cfg: &VisionConfig,
         objectives: VisionObjectives,
         vb: VarBuilder,
-        start: VarBuilder,
+        start: Option<VarBuilder>,
     ) -> candle_core::Result<Self> {
         let h = cfg.hidden_size;
         let cells = cfg.patches_per_side().pow(2);
@@ -242,10 +242,13 @@ impl VisionPretrainModel {
                 .patch_places
                 .then(|| Linear::new(h, cells, vb.pp("patch_heads.place")))
                 .transpose()?,
-            anchor: objectives
-                .keep_features
-                .map(|_| VisionModel::new(cfg, start.pp("vision_model")))
-                .transpose()?,
+            anchor: match (objectives.keep_features, start) {
+                (Some(_), Some(start)) => Some(VisionModel::new(cfg, start.pp("vision_model"))?),
+                (Some(_), None) => {
+                    candle_core::bail!("keeping the encoder's features needs the starting weights")
+                }
+                (None, _) => None,
+            },
         })
     }
 
