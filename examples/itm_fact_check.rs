@@ -2,8 +2,7 @@
 //! one fact changed (`src/train/swapped_captions.rs`), by the kind of fact, with ITM (the
 //! class-1 logit) and with ITC (the cosine, max over queries): whether a model checks colours,
 //! shapes, sizes, counts (also one object made three or four), places and which colour goes
-//! with which object. Issue #7 used it to
-//! see what the demo model's ITM head misses.
+//! with which object. Issue #7 used it to see what the demo model's ITM head misses.
 //!
 //! ```text
 //! cargo run --release --example itm_fact_check -- DATA_DIR MODEL_DIR [MODEL_DIR …]

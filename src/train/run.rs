@@ -23,6 +23,7 @@ use super::stage1::{
     is_training_only, ItmNegatives, Objectives, Stage1Model, QFORMER_PREFIXES, TEMP,
 };
 use super::stage2::{OptLanguageModel, Stage2Model, STAGE2_PREFIXES};
+use super::swapped_captions::SwapKinds;
 use super::vision::{
     read_patch_labels, PatchLabels, VisionObjectives, VisionPretrainModel, PATCH_HEADS,
 };
@@ -250,8 +251,8 @@ struct Stage1Job {
     model: Stage1Model,
     objectives: Objectives,
     itm_weight: f64,
-    swapped_negatives: bool,
-    swap_kinds: super::swapped_captions::SwapKinds,
+    /// The kinds of change drawn for swapped-caption negatives; `None`: none are given.
+    swapped_negatives: Option<SwapKinds>,
     hard_negatives: std::num::NonZeroUsize,
     set: TrainSet,
     pixels: Pixels,
@@ -267,6 +268,7 @@ impl Stage1Job {
     /// give another of the image's own captions or the caption names nothing to change.
     fn false_captions(
         &self,
+        kinds: SwapKinds,
         batch: &super::data::Batch,
         seed: u64,
         step: usize,
@@ -277,8 +279,7 @@ impl Stage1Job {
             .iter()
             .zip(&batch.captions)
             .map(|(&i, caption)| {
-                match super::swapped_captions::swap_one_fact_of(caption, self.swap_kinds, &mut rng)
-                {
+                match super::swapped_captions::swap_one_fact_of(caption, kinds, &mut rng) {
                     Some(t) if !self.set.captions[i].contains(&t.text) => {
                         Ok(Some(self.tokenizer.encode(&[t.text.as_str()])?.remove(0)))
                     }
@@ -324,10 +325,9 @@ impl Job for Stage1Job {
                 })
                 .collect(),
         );
-        let false_ids = if self.swapped_negatives {
-            self.false_captions(&batch, s.seed, step)?
-        } else {
-            Vec::new()
+        let false_ids = match self.swapped_negatives {
+            Some(kinds) => self.false_captions(kinds, &batch, s.seed, step)?,
+            None => Vec::new(),
         };
         let mut rng = step_rng(s.seed ^ 0x17a1, step);
         let negatives = ItmNegatives {
@@ -496,10 +496,9 @@ pub fn train_stage1(
         model,
         objectives: options.objectives,
         itm_weight,
-        swapped_negatives: options.swapped_negatives,
-        swap_kinds: super::swapped_captions::SwapKinds {
+        swapped_negatives: options.swapped_negatives.then_some(SwapKinds {
             multiply_objects: options.multiplied_objects,
-        },
+        }),
         hard_negatives,
         set,
         pixels,

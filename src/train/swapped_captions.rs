@@ -207,19 +207,27 @@ impl Change {
     }
 }
 
-/// Where `words` name one object that can be multiplied: the index of its "a" or "one",
-/// followed by an optional size, a colour and a singular shape.
-fn single_objects(words: &[String], classes: &[Option<WordClass>]) -> Vec<usize> {
+/// A caption's words in lower case, and the class of each.
+fn read_words(caption: &str) -> (Vec<String>, Vec<Option<WordClass>>) {
+    let words: Vec<String> = caption.split_whitespace().map(str::to_lowercase).collect();
+    let classes = words.iter().map(|w| class_of(w)).collect();
+    (words, classes)
+}
+
+/// Where `words` name one object that can be multiplied: (its "a" or "one", its shape), the
+/// article followed by an optional size, a colour and a singular shape.
+fn single_objects(words: &[String], classes: &[Option<WordClass>]) -> Vec<(usize, usize)> {
     (0..words.len())
         .filter(|&i| matches!(words[i].as_str(), "a" | "one"))
-        .filter(|&i| {
+        .filter_map(|i| {
             let colour = if classes.get(i + 1) == Some(&Some(WordClass::Size)) {
                 i + 2
             } else {
                 i + 1
             };
-            classes.get(colour) == Some(&Some(WordClass::Colour))
-                && classes.get(colour + 1) == Some(&Some(WordClass::Shape))
+            (classes.get(colour) == Some(&Some(WordClass::Colour))
+                && classes.get(colour + 1) == Some(&Some(WordClass::Shape)))
+            .then_some((i, colour + 1))
         })
         .collect()
 }
@@ -227,26 +235,18 @@ fn single_objects(words: &[String], classes: &[Option<WordClass>]) -> Vec<usize>
 /// `caption` with one object it names once made three or four ("a red circle above a blue
 /// square" → "four red circles above a blue square"), or `None` when it names none that way.
 pub fn multiply_one_object(caption: &str, rng: &mut SplitMix64) -> Option<SwappedCaption> {
-    let words: Vec<String> = caption.split_whitespace().map(str::to_lowercase).collect();
-    let classes: Vec<Option<WordClass>> = words.iter().map(|w| class_of(w)).collect();
+    let (words, classes) = read_words(caption);
     let at = single_objects(&words, &classes);
-    if at.is_empty() {
-        return None;
-    }
-    Some(multiplied(words, &classes, &at, rng))
+    (!at.is_empty()).then(|| multiplied(words, &at, rng))
 }
 
 fn multiplied(
     mut words: Vec<String>,
-    classes: &[Option<WordClass>],
-    at: &[usize],
+    at: &[(usize, usize)],
     rng: &mut SplitMix64,
 ) -> SwappedCaption {
-    let i = *rng.pick(at);
-    words[i] = rng.pick(&MANY).to_string();
-    let shape = (i + 1..words.len())
-        .find(|&j| classes[j] == Some(WordClass::Shape))
-        .expect("single_objects found a shape after the article");
+    let (article, shape) = *rng.pick(at);
+    words[article] = rng.pick(&MANY).to_string();
     words[shape].push('s');
     SwappedCaption {
         text: words.join(" "),
@@ -269,8 +269,7 @@ pub fn swap_one_fact_of(
     kinds: SwapKinds,
     rng: &mut SplitMix64,
 ) -> Option<SwappedCaption> {
-    let words: Vec<String> = caption.split_whitespace().map(str::to_lowercase).collect();
-    let classes: Vec<Option<WordClass>> = words.iter().map(|w| class_of(w)).collect();
+    let (words, classes) = read_words(caption);
     let colour_positions: Vec<usize> = (0..words.len())
         .filter(|&i| classes[i] == Some(WordClass::Colour))
         .collect();
@@ -317,7 +316,7 @@ pub fn swap_one_fact_of(
             let (i, j) = *rng.pick(&exchanges);
             out.swap(i, j);
         }
-        Change::MultiplyObject => return Some(multiplied(out, &classes, &singles, rng)),
+        Change::MultiplyObject => return Some(multiplied(out, &singles, rng)),
     }
     Some(SwappedCaption {
         text: out.join(" "),
