@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::indexer::PreprocessSpec;
+use crate::itm_fusion::ItmFusion;
 use crate::model::captioner::{CaptionPrecision, Captioner};
 use crate::model::opt::OptConfig;
 use crate::model::{Blip2Config, Retriever};
@@ -59,6 +60,8 @@ pub struct RetrievalFolder {
     pub preprocess: PreprocessSpec,
     /// The Q-Former tokenizer.
     pub tokenizer: TextTokenizer,
+    /// How re-ranking weighs ITM against ITC: the folder's `itm_fusion.json`, else LAVIS's.
+    pub fusion: ItmFusion,
     tensors: TensorFiles,
 }
 
@@ -97,12 +100,16 @@ impl RetrievalFolder {
                 ),
             ));
         }
+        let fusion = ItmFusion::read_folder(&folder)
+            .map_err(|e| folder_err(&folder, e.to_string()))?
+            .unwrap_or_default();
         let tensors = TensorFiles::open(&folder)?;
         Ok(Self {
             folder,
             config,
             preprocess,
             tokenizer,
+            fusion,
             tensors,
         })
     }

@@ -28,6 +28,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod indexing;
+pub mod itm_fusion;
 pub mod library;
 pub mod model;
 pub mod search;

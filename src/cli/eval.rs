@@ -1,5 +1,5 @@
 //! `quarry eval`: Recall@K on a Karpathy test split with LAVIS's protocol (ITC, then ITM on
-//! the top `k_test`), printed as a markdown table and, with `--json`, one JSON object as the
+//! the top `k_test`; ITM weighed as the model folder says, `quarry::itm_fusion`), printed as a markdown table and, with `--json`, one JSON object as the
 //! last line (keys as LAVIS names them; a contract used outside the repository).
 
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use quarry::eval::{
     default_cache_root, Annotations, CachePrecision, EvalProgress, EvalReport, EvalSettings,
     Evaluator, RecallMetrics, Stage,
 };
+use quarry::itm_fusion::{FittedFusion, ItmFusion, FUSION_FILE};
 use quarry::{LoadOptions, RetrievalFolder};
 
 use super::model_args::ModelArgs;
@@ -59,6 +60,15 @@ pub struct Args {
     /// Precision the ViT features are cached and used in.
     #[arg(long, value_enum, default_value = "f16")]
     cache_precision: FeaturePrecision,
+    /// Weight of the ITM logit in the re-ranking score `w · ITM logit + ITC` [default: the
+    /// model folder's itm_fusion.json, else 1 as in LAVIS].
+    #[arg(long, value_name = "W", conflicts_with = "itc_only")]
+    itm_weight: Option<f32>,
+    /// Also try the weights 0 … 5 and write the one with the best mean recall to FILE (an
+    /// itm_fusion.json to put in the model folder). Fit on held-out data, never on the test
+    /// split that will be reported.
+    #[arg(long, value_name = "FILE", conflicts_with = "itc_only")]
+    fit_itm_weight: Option<PathBuf>,
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -131,8 +141,31 @@ fn markdown(r: &EvalReport) -> String {
     out.push_str(&row("ITC", &r.itc, r.seconds.itc));
     out.push('\n');
     if let (Some(m), Some(t)) = (&r.itm, r.seconds.itc_itm) {
-        out.push_str(&row("ITC+ITM", m, t));
+        let weight = r.itm_fusion.as_ref().map_or(1.0, |f| f.itm_logit_weight);
+        let name = if weight == 1.0 {
+            "ITC+ITM".to_string()
+        } else {
+            format!("ITC+{weight}·ITM")
+        };
+        out.push_str(&row(&name, m, t));
         out.push('\n');
+        if let Some(lavis) = r.itm_fusion.as_ref().and_then(|f| f.lavis.as_ref()) {
+            out.push_str(&row("ITC+ITM (LAVIS)", lavis, t));
+            out.push('\n');
+        }
+        if let Some(fit) = r.itm_fusion.as_ref().and_then(|f| f.fit.as_ref()) {
+            out.push_str("\n| ITM weight | TR@1 | IR@1 | R mean |\n|---|---|---|---|\n");
+            for p in &fit.grid {
+                out.push_str(&format!(
+                    "| {} | {:.2} | {:.2} | {:.2} |\n",
+                    p.itm_logit_weight, p.txt_r1, p.img_r1, p.r_mean
+                ));
+            }
+            out.push_str(&format!(
+                "best: {} (highest R mean; ties go to the weight nearest 1)\n",
+                fit.best.itm_logit_weight
+            ));
+        }
         if let (Some(p), Some(l)) = (r.itm_pairs, r.lavis_itm_pairs) {
             out.push_str(&format!(
                 "\nITM pairs scored: {p} (LAVIS scores {l}: pairs chosen both ways twice)\n"
@@ -165,12 +198,32 @@ pub fn run(args: Args) -> Result<ExitCode> {
             FeaturePrecision::F16 => CachePrecision::F16,
             FeaturePrecision::F32 => CachePrecision::F32,
         },
+        fusion: args.itm_weight.map(ItmFusion::new).transpose()?,
+        fit_fusion: args.fit_itm_weight.is_some(),
         ..EvalSettings::default()
     };
     let mut bars = Bars { bar: None };
     let evaluation = evaluator.run(&annotations, &args.images, &settings, &mut bars)?;
     let report = &evaluation.report;
     println!("{}", markdown(report));
+    if let (Some(path), Some(fit)) = (
+        &args.fit_itm_weight,
+        report.itm_fusion.as_ref().and_then(|f| f.fit.as_ref()),
+    ) {
+        FittedFusion {
+            itm_logit_weight: fit.best.itm_logit_weight,
+            criterion: "r_mean (mean of TR@1/5/10 and IR@1/5/10)".into(),
+            fitted_on: args.annotations.display().to_string(),
+            k_test: args.k_test,
+            grid: fit.grid.clone(),
+        }
+        .write(path)?;
+        eprintln!(
+            "wrote {} (ITM weight {}); copy it into the model folder as {FUSION_FILE}",
+            path.display(),
+            fit.best.itm_logit_weight
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string(report)?);
     }

@@ -6,7 +6,8 @@
 //! 2. ITC for every image–text pair ([`protocol::ItcMatrix`]);
 //! 3. for every image its top `k_test` texts, and for every text its top `k_test` images, are
 //!    re-scored as ITM class-1 logit (averaged over the queries) + ITC; everything else −100
-//!    ([`protocol::ItmPlan`], [`protocol::ItmMatrices`]);
+//!    ([`protocol::ItmPlan`], [`protocol::ItmMatrices`]). A model folder may weigh the logit
+//!    otherwise ([`crate::itm_fusion`]); the report then gives LAVIS's sum beside it;
 //! 4. TR@1/5/10, IR@1/5/10 and their means, in percent, under LAVIS's key names
 //!    ([`metrics::RecallMetrics`]).
 //!
@@ -26,8 +27,11 @@ use std::path::PathBuf;
 pub use annotations::{AnnotationLayout, Annotations};
 pub use cache::{default_cache_root, CachePrecision, FeatureCache};
 pub use metrics::RecallMetrics;
-pub use protocol::{ItcMatrix, ItmMatrices, ItmPlan};
-pub use run::{EvalProgress, EvalReport, EvalSettings, Evaluation, Evaluator, NoProgress, Stage};
+pub use protocol::{ItcMatrix, ItmMatrices, ItmPlan, RescoredPair};
+pub use run::{
+    EvalProgress, EvalReport, EvalSettings, Evaluation, Evaluator, FusionFit, FusionReport,
+    NoProgress, Stage,
+};
 
 /// What can go wrong in an evaluation.
 #[derive(Debug, thiserror::Error)]

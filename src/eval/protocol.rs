@@ -4,7 +4,9 @@
 //! LAVIS: `sims[i, t]` = max over image `i`'s query vectors of the cosine with text `t`. For
 //! each image, its top `k_test` texts by ITC get `itm(i, t) + sims[i, t]` in `score_i2t`; for
 //! each text, its top `k_test` images get the same in `score_t2i`; every other entry is −100.
-//! `itm(i, t)` is the class-1 ITM logit averaged over the query rows.
+//! `itm(i, t)` is the class-1 ITM logit averaged over the query rows. [`ItmMatrices`] keeps the
+//! logit and the cosine apart, so the same pass also gives a weighted sum
+//! ([`crate::itm_fusion::ItmFusion`]).
 //!
 //! LAVIS runs the two directions separately, so a pair that is a candidate both ways is
 //! computed twice. ITM is deterministic, so [`ItmPlan`] computes each needed pair once, grouped
@@ -16,6 +18,7 @@ use std::cmp::Ordering;
 use candle_core::{Device, Tensor};
 
 use super::metrics::{recall_metrics, RecallMetrics, ScoreRow};
+use crate::itm_fusion::ItmFusion;
 
 /// The ITC similarity matrix [images × texts], row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,18 +180,30 @@ impl ItmPlan {
     }
 }
 
+/// One re-scored pair's two scores, kept apart so that any [`ItmFusion`] can combine them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RescoredPair {
+    /// The text (in an image's row) or the image (in a text's row).
+    pub other: u32,
+    /// The class-1 ITM logit.
+    pub itm_logit: f32,
+    /// The ITC cosine.
+    pub itc: f32,
+}
+
 /// LAVIS's `score_matrix_i2t` and `score_matrix_t2i`, stored sparsely: the re-scored entries
-/// per row; all others are −100.
+/// per row; all others are −100. Each entry is `fusion.score(itm logit, itc)`: LAVIS's
+/// `score + topk_sim` for [`ItmFusion::LAVIS`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItmMatrices {
     /// Number of images.
     pub images: usize,
     /// Number of texts.
     pub texts: usize,
-    /// Per image: (text, ITM logit + ITC) for its top-`k_test` texts.
-    pub i2t: Vec<Vec<(u32, f32)>>,
-    /// Per text: (image, ITM logit + ITC) for its top-`k_test` images.
-    pub t2i: Vec<Vec<(u32, f32)>>,
+    /// Per image: its top-`k_test` texts.
+    pub i2t: Vec<Vec<RescoredPair>>,
+    /// Per text: its top-`k_test` images.
+    pub t2i: Vec<Vec<RescoredPair>>,
 }
 
 impl ItmMatrices {
@@ -202,43 +217,62 @@ impl ItmMatrices {
         }
     }
 
-    /// Records the ITM logit of a planned pair: LAVIS's `score + topk_sim` in each matrix the
-    /// pair belongs to.
+    /// Records the ITM logit and ITC of a planned pair in each matrix the pair belongs to.
     pub fn record(&mut self, image: usize, pair: PlannedPair, itm_logit: f32, itc: f32) {
-        let score = itm_logit + itc;
         if pair.image_to_text {
-            self.i2t[image].push((pair.text, score));
+            self.i2t[image].push(RescoredPair {
+                other: pair.text,
+                itm_logit,
+                itc,
+            });
         }
         if pair.text_to_image {
-            self.t2i[pair.text as usize].push((image as u32, score));
+            self.t2i[pair.text as usize].push(RescoredPair {
+                other: image as u32,
+                itm_logit,
+                itc,
+            });
         }
     }
 
     /// Row `i` of `score_i2t`, dense.
-    pub fn i2t_dense(&self, i: usize) -> Vec<f32> {
-        dense(self.texts, &self.i2t[i])
+    pub fn i2t_dense(&self, i: usize, fusion: ItmFusion) -> Vec<f32> {
+        dense(self.texts, &fused(&self.i2t[i], fusion))
     }
 
     /// Row `t` of `score_t2i`, dense.
-    pub fn t2i_dense(&self, t: usize) -> Vec<f32> {
-        dense(self.images, &self.t2i[t])
+    pub fn t2i_dense(&self, t: usize, fusion: ItmFusion) -> Vec<f32> {
+        dense(self.images, &fused(&self.t2i[t], fusion))
     }
 
-    /// ITC+ITM metrics.
-    pub fn metrics(&self, img2txt: &[Vec<usize>], txt2img: &[usize]) -> RecallMetrics {
+    /// ITC+ITM metrics with the two combined by `fusion`.
+    pub fn metrics(
+        &self,
+        fusion: ItmFusion,
+        img2txt: &[Vec<usize>],
+        txt2img: &[usize],
+    ) -> RecallMetrics {
+        let i2t: Vec<Vec<(u32, f32)>> = self.i2t.iter().map(|r| fused(r, fusion)).collect();
+        let t2i: Vec<Vec<(u32, f32)>> = self.t2i.iter().map(|r| fused(r, fusion)).collect();
         recall_metrics(
             img2txt,
             txt2img,
             |i| ScoreRow::Sparse {
                 len: self.texts,
-                entries: &self.i2t[i],
+                entries: &i2t[i],
             },
             |t| ScoreRow::Sparse {
                 len: self.images,
-                entries: &self.t2i[t],
+                entries: &t2i[t],
             },
         )
     }
+}
+
+fn fused(row: &[RescoredPair], fusion: ItmFusion) -> Vec<(u32, f32)> {
+    row.iter()
+        .map(|p| (p.other, fusion.score(p.itm_logit, p.itc)))
+        .collect()
 }
 
 fn dense(len: usize, entries: &[(u32, f32)]) -> Vec<f32> {

@@ -16,6 +16,7 @@ use super::protocol::{ItcMatrix, ItmMatrices, ItmPlan};
 use super::{Annotations, EvalError};
 use crate::checkpoint::{LoadOptions, RetrievalFolder};
 use crate::indexer::{preprocess_file, DecodeLimits};
+use crate::itm_fusion::{self, FitPoint, ItmFusion};
 use crate::tokenize::batch_from_ids;
 use crate::Retriever;
 
@@ -38,6 +39,11 @@ pub struct EvalSettings {
     pub cache_root: PathBuf,
     /// Precision the ViT features are cached (and so used by ITC and ITM) in.
     pub cache_precision: CachePrecision,
+    /// How re-ranking weighs ITM against ITC; `None`: the model folder's
+    /// ([`RetrievalFolder::fusion`], LAVIS's sum unless the folder says otherwise).
+    pub fusion: Option<ItmFusion>,
+    /// Also measure every weight of [`crate::itm_fusion::FIT_GRID`] and pick the best.
+    pub fit_fusion: bool,
 }
 
 impl Default for EvalSettings {
@@ -51,6 +57,8 @@ impl Default for EvalSettings {
             max_words: LAVIS_MAX_WORDS,
             cache_root: super::default_cache_root(),
             cache_precision: CachePrecision::F16,
+            fusion: None,
+            fit_fusion: false,
         }
     }
 }
@@ -171,6 +179,33 @@ pub struct EvalReport {
     pub seconds: Timings,
     /// Embedding cache use.
     pub cache: CacheUse,
+    /// How the `itm` scores weighed ITM against ITC (absent with ITC only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub itm_fusion: Option<FusionReport>,
+}
+
+/// How the `itm` scores combined ITM and ITC, and what LAVIS's sum gives when that differs.
+#[derive(Debug, Clone, Serialize)]
+pub struct FusionReport {
+    /// `w` in `w · ITM logit + ITC`.
+    pub itm_logit_weight: f32,
+    /// Where `w` came from: "lavis" (the folder has none), "model folder" or "settings".
+    pub from: &'static str,
+    /// LAVIS's `ITM logit + ITC` metrics, when `w` is not 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lavis: Option<RecallMetrics>,
+    /// Every weight tried and the best, when a fit was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fit: Option<FusionFit>,
+}
+
+/// The result of [`EvalSettings::fit_fusion`].
+#[derive(Debug, Clone, Serialize)]
+pub struct FusionFit {
+    /// The weight with the best `r_mean`.
+    pub best: ItmFusion,
+    /// Every weight tried.
+    pub grid: Vec<FitPoint>,
 }
 
 /// A finished evaluation: the report and the score matrices behind it.
@@ -281,15 +316,45 @@ impl Evaluator {
         let itc_metrics = itc.metrics(&annotations.img2txt, &annotations.txt2img);
         let itc_seconds = start.elapsed().as_secs_f64();
 
-        let (itm, itm_metrics, pairs, lavis_pairs) = if settings.itc_only {
-            (None, None, None, None)
+        let (itm, itm_metrics, pairs, lavis_pairs, fusion_report) = if settings.itc_only {
+            (None, None, None, None, None)
         } else {
             let plan = ItmPlan::new(&itc, settings.k_test);
             let matrices =
                 self.rescore(&plan, &itc, &keys, &cache, &ids, pad_id, settings, progress)?;
-            let m = matrices.metrics(&annotations.img2txt, &annotations.txt2img);
+            let (fusion, from) = match settings.fusion {
+                Some(f) => (f, "settings"),
+                None if self.folder.fusion.is_lavis() => (ItmFusion::LAVIS, "lavis"),
+                None => (self.folder.fusion, "model folder"),
+            };
+            let measure =
+                |f: ItmFusion| matrices.metrics(f, &annotations.img2txt, &annotations.txt2img);
+            let m = measure(fusion);
+            let report = FusionReport {
+                itm_logit_weight: fusion.itm_logit_weight,
+                from,
+                lavis: (!fusion.is_lavis()).then(|| measure(ItmFusion::LAVIS)),
+                fit: settings.fit_fusion.then(|| {
+                    let (best, grid) = itm_fusion::fit(|f| {
+                        let m = measure(f);
+                        FitPoint {
+                            itm_logit_weight: f.itm_logit_weight,
+                            r_mean: m.r_mean,
+                            img_r1: m.img_r1,
+                            txt_r1: m.txt_r1,
+                        }
+                    });
+                    FusionFit { best, grid }
+                }),
+            };
             let lavis = plan.lavis_pairs(itc.images, itc.texts, settings.k_test);
-            (Some(matrices), Some(m), Some(plan.pairs()), Some(lavis))
+            (
+                Some(matrices),
+                Some(m),
+                Some(plan.pairs()),
+                Some(lavis),
+                Some(report),
+            )
         };
         let total = start.elapsed().as_secs_f64();
         let report = EvalReport {
@@ -318,6 +383,7 @@ impl Evaluator {
                 misses: paths.len() - hits,
                 texts_cached,
             },
+            itm_fusion: fusion_report,
         };
         Ok(Evaluation { report, itc, itm })
     }

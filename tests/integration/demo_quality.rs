@@ -58,6 +58,12 @@ fn the_demo_model_retrieves_and_captions_held_out_scenes() {
     assert!(itc_ir1 >= ITC_IR1_FLOOR, "ITC text→image R@1 {itc_ir1}");
     assert!(get("itc", "img_r5") >= ITC_IR5_FLOOR);
     assert!(itm_ir1 >= ITM_IR1_FLOOR, "ITM text→image R@1 {itm_ir1}");
+    // Issue #7: re-ranking must beat ITC alone, with the weight the model folder carries.
+    assert_eq!(metrics["itm_fusion"]["from"], "model folder");
+    assert!(
+        itm_ir1 > itc_ir1,
+        "re-ranked text→image R@1 {itm_ir1} is not above ITC's {itc_ir1}"
+    );
 
     let captions = quarry(&[
         "eval-captions",
@@ -74,12 +80,12 @@ fn the_demo_model_retrieves_and_captions_held_out_scenes() {
     assert!(shape >= SHAPE_FLOOR, "shape right {shape}");
 }
 
-// Measured at commit on these 200 scenes: ITC text→image R@1 71.6, R@5 99.3; with ITM
-// re-ranking (k_test 16) R@1 69.1 (the demo's ITM head ranks ITC's top 16 worse than ITC does;
-// see issue #7's notes). Floors a few points under.
+// Measured at commit on these 200 scenes: ITC text→image R@1 71.6, R@5 99.3; re-ranked (k_test
+// 16) with the folder's ITM weight 0.05, R@1 73.1 (LAVIS's plain sum: 69.1, see
+// src/itm_fusion.rs). Floors a few points under.
 const ITC_IR1_FLOOR: f64 = 68.5;
 const ITC_IR5_FLOOR: f64 = 96.0;
-const ITM_IR1_FLOOR: f64 = 66.0;
+const ITM_IR1_FLOOR: f64 = 70.0;
 // Measured at commit on the first 100 of these scenes: colour right 0.14, shape right 0.38. The
 // demo captioner barely conditions on the image yet (closing note); these floors only guard
 // the captioning path against breaking outright.

@@ -17,6 +17,7 @@ use quarry::eval::{
     Annotations, CachePrecision, EvalError, EvalSettings, Evaluation, Evaluator, NoProgress,
     RecallMetrics,
 };
+use quarry::itm_fusion::ItmFusion;
 use quarry::{LoadOptions, RetrievalFolder};
 
 use crate::support::retrieval_fixtures;
@@ -90,12 +91,16 @@ fn max_diff(ours: &[f32], reference: &[f32]) -> f32 {
 
 fn dense_i2t(e: &Evaluation) -> Vec<f32> {
     let m = e.itm.as_ref().unwrap();
-    (0..m.images).flat_map(|i| m.i2t_dense(i)).collect()
+    (0..m.images)
+        .flat_map(|i| m.i2t_dense(i, ItmFusion::LAVIS))
+        .collect()
 }
 
 fn dense_t2i(e: &Evaluation) -> Vec<f32> {
     let m = e.itm.as_ref().unwrap();
-    (0..m.texts).flat_map(|t| m.t2i_dense(t)).collect()
+    (0..m.texts)
+        .flat_map(|t| m.t2i_dense(t, ItmFusion::LAVIS))
+        .collect()
 }
 
 #[test]
@@ -431,4 +436,121 @@ fn cli_prints_a_table_and_the_json_contract_last() {
     let out = quarry(&args);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("drop --split"));
+}
+
+#[test]
+fn the_itm_weight_is_fitted_written_and_then_used_from_the_model_folder() {
+    let exp = expected();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(retrieval_fixtures().join("small_a")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let cache = tmp.path().join("cache");
+    let fit = tmp.path().join("fit.json");
+    let ann = eval_fixtures().join("annotations_lavis.json");
+    let images = eval_fixtures().join("images");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--annotations",
+            ann.to_str().unwrap(),
+            "--images",
+            images.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--cache-precision",
+            "f32",
+            "--k-test",
+            "3",
+            "--json",
+        ];
+        args.extend(extra);
+        let out = quarry(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        (stdout, last)
+    };
+
+    // Weight 0: the re-ranked order is ITC's own within the top 3, so R@1 is ITC's; LAVIS's
+    // sum is still reported, equal to the reference.
+    let (stdout, zero) = run(&[
+        "--itm-weight",
+        "0",
+        "--fit-itm-weight",
+        fit.to_str().unwrap(),
+    ]);
+    assert_eq!(zero["itm_fusion"]["from"], "settings");
+    assert_eq!(zero["itm"]["img_r1"], zero["itc"]["img_r1"]);
+    assert_eq!(zero["itm"]["txt_r1"], zero["itc"]["txt_r1"]);
+    assert_metrics_equal(
+        "LAVIS beside weight 0",
+        &metrics_from(&zero["itm_fusion"]["lavis"]),
+        &metrics_from(&exp["f32"]["k_test"]["3"]["metrics"]),
+    );
+    assert!(stdout.contains("| ITC+0·ITM |") && stdout.contains("| ITC+ITM (LAVIS) |"));
+
+    // The fit tried the whole grid, wrote its best, and nothing in the grid beats it.
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&fit).unwrap()).unwrap();
+    let grid = written["grid"].as_array().unwrap();
+    assert_eq!(grid.len(), quarry::itm_fusion::FIT_GRID.len());
+    let best = written["itm_logit_weight"].as_f64().unwrap();
+    let r_mean_at = |w: f64| {
+        grid.iter()
+            .find(|p| (p["itm_logit_weight"].as_f64().unwrap() - w).abs() < 1e-6)
+            .unwrap()["r_mean"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(grid
+        .iter()
+        .all(|p| p["r_mean"].as_f64().unwrap() <= r_mean_at(best)));
+    assert_eq!(written["k_test"], 3);
+
+    // Put in the model folder, it is the default weight.
+    std::fs::copy(&fit, model.join(quarry::itm_fusion::FUSION_FILE)).unwrap();
+    let (_, folder) = run(&[]);
+    assert_eq!(
+        folder["itm_fusion"]["itm_logit_weight"].as_f64().unwrap(),
+        best
+    );
+    let from = folder["itm_fusion"]["from"].as_str().unwrap();
+    assert_eq!(from, if best == 1.0 { "lavis" } else { "model folder" });
+    assert_eq!(
+        folder["itm"]["r_mean"].as_f64().unwrap(),
+        r_mean_at(best),
+        "the folder's weight gives the recall the fit measured"
+    );
+
+    // A damaged weight file is a clear error naming it, not a silent fallback to LAVIS.
+    std::fs::write(
+        model.join(quarry::itm_fusion::FUSION_FILE),
+        "{\"itm_logit_weight\": -2}",
+    )
+    .unwrap();
+    let out = quarry(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--annotations",
+        ann.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("itm_fusion.json") && stderr.contains("≥ 0"),
+        "{stderr}"
+    );
 }
