@@ -349,27 +349,35 @@ fn quarry(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `quarry eval` of `model` on the fixture scenes, f32 features cached under `cache`, JSON
+/// last; the paths live as long as the fixtures.
+fn fixture_eval_args(model: &Path, cache: &Path) -> Vec<String> {
+    let ann = eval_fixtures().join("annotations_lavis.json");
+    let images = eval_fixtures().join("images");
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    vec![
+        "eval".into(),
+        "--model".into(),
+        path(model),
+        "--annotations".into(),
+        path(&ann),
+        "--images".into(),
+        path(&images),
+        "--cache-dir".into(),
+        path(cache),
+        "--cache-precision".into(),
+        "f32".into(),
+        "--json".into(),
+    ]
+}
+
 #[test]
 fn cli_prints_a_table_and_the_json_contract_last() {
     let exp = expected();
     let cache = tempfile::tempdir().unwrap();
     let model = retrieval_fixtures().join("small_a");
-    let ann = eval_fixtures().join("annotations_lavis.json");
-    let images = eval_fixtures().join("images");
-    let base = [
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--annotations",
-        ann.to_str().unwrap(),
-        "--images",
-        images.to_str().unwrap(),
-        "--cache-dir",
-        cache.path().to_str().unwrap(),
-        "--cache-precision",
-        "f32",
-        "--json",
-    ];
+    let owned = fixture_eval_args(&model, cache.path());
+    let base: Vec<&str> = owned.iter().map(String::as_str).collect();
     let keys = [
         "txt_r1",
         "txt_r5",
@@ -448,27 +456,11 @@ fn the_itm_weight_is_fitted_written_and_then_used_from_the_model_folder() {
         let f = f.unwrap().path();
         std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
     }
-    let cache = tmp.path().join("cache");
     let fit = tmp.path().join("fit.json");
-    let ann = eval_fixtures().join("annotations_lavis.json");
-    let images = eval_fixtures().join("images");
+    let owned = fixture_eval_args(&model, &tmp.path().join("cache"));
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "--model",
-            model.to_str().unwrap(),
-            "--annotations",
-            ann.to_str().unwrap(),
-            "--images",
-            images.to_str().unwrap(),
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--cache-precision",
-            "f32",
-            "--k-test",
-            "3",
-            "--json",
-        ];
+        let mut args: Vec<&str> = owned.iter().map(String::as_str).collect();
+        args.extend(["--k-test", "3"]);
         args.extend(extra);
         let out = quarry(&args);
         assert!(
@@ -538,15 +530,8 @@ fn the_itm_weight_is_fitted_written_and_then_used_from_the_model_folder() {
         "{\"itm_logit_weight\": -2}",
     )
     .unwrap();
-    let out = quarry(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--annotations",
-        ann.to_str().unwrap(),
-        "--images",
-        images.to_str().unwrap(),
-    ]);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let out = quarry(&args);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
