@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::eval::RecallMetrics;
+
 /// The file in a retrieval model folder that holds its ITM weight.
 pub const FUSION_FILE: &str = "itm_fusion.json";
 
@@ -145,15 +147,33 @@ impl ItmFusion {
     }
 }
 
+/// What [`fit`] maximises.
+pub const FIT_CRITERION: &str = "r_mean (mean of TR@1/5/10 and IR@1/5/10)";
+
+/// The result of [`fit`]: the best weight and every weight tried.
+#[derive(Debug, Clone, Serialize)]
+pub struct FusionFit {
+    /// The weight with the best `r_mean`.
+    pub best: ItmFusion,
+    /// Every weight tried.
+    pub grid: Vec<FitPoint>,
+}
+
 /// The weight of [`FIT_GRID`] whose recall `measure` finds best by `r_mean`; on a tie the one
 /// nearest LAVIS's 1 (so a fit moves off LAVIS only for a measured gain).
-pub fn fit(mut measure: impl FnMut(ItmFusion) -> FitPoint) -> (ItmFusion, Vec<FitPoint>) {
+pub fn fit(mut measure: impl FnMut(ItmFusion) -> RecallMetrics) -> FusionFit {
     let grid: Vec<FitPoint> = FIT_GRID
         .iter()
         .map(|&w| {
-            measure(ItmFusion {
+            let m = measure(ItmFusion {
                 itm_logit_weight: w,
-            })
+            });
+            FitPoint {
+                itm_logit_weight: w,
+                r_mean: m.r_mean,
+                img_r1: m.img_r1,
+                txt_r1: m.txt_r1,
+            }
         })
         .collect();
     let distance = |p: &FitPoint| p.itm_logit_weight.ln().abs();
@@ -165,12 +185,25 @@ pub fn fit(mut measure: impl FnMut(ItmFusion) -> FitPoint) -> (ItmFusion, Vec<Fi
                 .then(distance(b).total_cmp(&distance(a)))
         })
         .expect("the grid is not empty");
-    (
-        ItmFusion {
+    FusionFit {
+        best: ItmFusion {
             itm_logit_weight: best.itm_logit_weight,
         },
         grid,
-    )
+    }
+}
+
+impl FusionFit {
+    /// The file that records this fit, made on `fitted_on` with `k_test` candidates.
+    pub fn file(&self, fitted_on: String, k_test: usize) -> FittedFusion {
+        FittedFusion {
+            itm_logit_weight: self.best.itm_logit_weight,
+            criterion: FIT_CRITERION.into(),
+            fitted_on,
+            k_test,
+            grid: self.grid.clone(),
+        }
+    }
 }
 
 impl FittedFusion {
@@ -201,6 +234,20 @@ mod tests {
         }
     }
 
+    fn recall(r_mean: f64) -> RecallMetrics {
+        RecallMetrics {
+            txt_r1: 0.0,
+            txt_r5: 0.0,
+            txt_r10: 0.0,
+            txt_r_mean: 0.0,
+            img_r1: 0.0,
+            img_r5: 0.0,
+            img_r10: 0.0,
+            img_r_mean: 0.0,
+            r_mean,
+        }
+    }
+
     #[test]
     fn the_score_weighs_the_logit_only() {
         let f = ItmFusion::new(0.1).unwrap();
@@ -212,22 +259,17 @@ mod tests {
 
     #[test]
     fn the_fit_takes_the_best_r_mean_and_stays_at_lavis_on_a_tie() {
-        let (best, grid) = fit(|f| {
-            let w = f.itm_logit_weight;
-            point(
-                w,
-                if (0.05..=0.2).contains(&w) {
-                    80.0
-                } else {
-                    70.0
-                },
-            )
+        let fitted = fit(|f| {
+            recall(if (0.05..=0.2).contains(&f.itm_logit_weight) {
+                80.0
+            } else {
+                70.0
+            })
         });
-        assert_eq!(grid.len(), FIT_GRID.len());
+        assert_eq!(fitted.grid.len(), FIT_GRID.len());
         // 0.05, 0.1 and 0.2 tie; 0.2 is nearest 1.
-        assert_eq!(best.itm_logit_weight, 0.2);
-        let (flat, _) = fit(|f| point(f.itm_logit_weight, 70.0));
-        assert!(flat.is_lavis());
+        assert_eq!(fitted.best.itm_logit_weight, 0.2);
+        assert!(fit(|_| recall(70.0)).best.is_lavis());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `quarry eval`: Recall@K on a Karpathy test split with LAVIS's protocol (ITC, then ITM on
-//! the top `k_test`; ITM weighed as the model folder says, `quarry::itm_fusion`), printed as a markdown table and, with `--json`, one JSON object as the
-//! last line (keys as LAVIS names them; a contract used outside the repository).
+//! the top `k_test`, weighed as the model folder says: `quarry::itm_fusion`), printed as a
+//! markdown table and, with `--json`, one JSON object as the last line (keys as LAVIS names
+//! them; a contract used outside the repository).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use quarry::eval::{
     default_cache_root, Annotations, CachePrecision, EvalProgress, EvalReport, EvalSettings,
     Evaluator, RecallMetrics, Stage,
 };
-use quarry::itm_fusion::{FittedFusion, ItmFusion, FUSION_FILE};
+use quarry::itm_fusion::{ItmFusion, FUSION_FILE};
 use quarry::{LoadOptions, RetrievalFolder};
 
 use super::model_args::ModelArgs;
@@ -210,14 +211,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         &args.fit_itm_weight,
         report.itm_fusion.as_ref().and_then(|f| f.fit.as_ref()),
     ) {
-        FittedFusion {
-            itm_logit_weight: fit.best.itm_logit_weight,
-            criterion: "r_mean (mean of TR@1/5/10 and IR@1/5/10)".into(),
-            fitted_on: args.annotations.display().to_string(),
-            k_test: args.k_test,
-            grid: fit.grid.clone(),
-        }
-        .write(path)?;
+        fit.file(args.annotations.display().to_string(), args.k_test)
+            .write(path)?;
         eprintln!(
             "wrote {} (ITM weight {}); copy it into the model folder as {FUSION_FILE}",
             path.display(),

@@ -29,8 +29,7 @@ pub use cache::{default_cache_root, CachePrecision, FeatureCache};
 pub use metrics::RecallMetrics;
 pub use protocol::{ItcMatrix, ItmMatrices, ItmPlan, RescoredPair};
 pub use run::{
-    EvalProgress, EvalReport, EvalSettings, Evaluation, Evaluator, FusionFit, FusionReport,
-    NoProgress, Stage,
+    EvalProgress, EvalReport, EvalSettings, Evaluation, Evaluator, FusionReport, NoProgress, Stage,
 };
 
 /// What can go wrong in an evaluation.

@@ -16,7 +16,7 @@ use super::protocol::{ItcMatrix, ItmMatrices, ItmPlan};
 use super::{Annotations, EvalError};
 use crate::checkpoint::{LoadOptions, RetrievalFolder};
 use crate::indexer::{preprocess_file, DecodeLimits};
-use crate::itm_fusion::{self, FitPoint, ItmFusion};
+use crate::itm_fusion::{self, FusionFit, ItmFusion};
 use crate::tokenize::batch_from_ids;
 use crate::Retriever;
 
@@ -199,15 +199,6 @@ pub struct FusionReport {
     pub fit: Option<FusionFit>,
 }
 
-/// The result of [`EvalSettings::fit_fusion`].
-#[derive(Debug, Clone, Serialize)]
-pub struct FusionFit {
-    /// The weight with the best `r_mean`.
-    pub best: ItmFusion,
-    /// Every weight tried.
-    pub grid: Vec<FitPoint>,
-}
-
 /// A finished evaluation: the report and the score matrices behind it.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
@@ -334,18 +325,7 @@ impl Evaluator {
                 itm_logit_weight: fusion.itm_logit_weight,
                 from,
                 lavis: (!fusion.is_lavis()).then(|| measure(ItmFusion::LAVIS)),
-                fit: settings.fit_fusion.then(|| {
-                    let (best, grid) = itm_fusion::fit(|f| {
-                        let m = measure(f);
-                        FitPoint {
-                            itm_logit_weight: f.itm_logit_weight,
-                            r_mean: m.r_mean,
-                            img_r1: m.img_r1,
-                            txt_r1: m.txt_r1,
-                        }
-                    });
-                    FusionFit { best, grid }
-                }),
+                fit: settings.fit_fusion.then(|| itm_fusion::fit(measure)),
             };
             let lavis = plan.lavis_pairs(itc.images, itc.texts, settings.k_test);
             (
