@@ -92,6 +92,7 @@ pub static DEMO_RETRIEVAL: EmbeddedModel = EmbeddedModel::new(
         "special_tokens_map.json",
         "preprocessor_config.json",
         "itm_fusion.json",
+        "search_fusion.json",
     ),
 );
 
@@ -107,15 +108,6 @@ pub static DEMO_CAPTIONER: EmbeddedModel = EmbeddedModel::new(
         "preprocessor_config.json",
     ),
 );
-
-/// ITM re-ranking candidates for searches with the demo retrieval model when the user does not
-/// say: none. Re-ranking would cost most of a CPU search's time, and the search orders the
-/// re-ranked hits by ITM probability, by which this model's ITM head ranks ITC's top 16 worse
-/// than ITC alone does (held-out text→image R@1 66.2 against 71.6). Weighted as its
-/// `itm_fusion.json` says, ITM does help (73.1 in `quarry eval`; `tools/train-demo-model.sh`
-/// steps 6–7), but the search does not weigh it that way yet. A property of these weights, so
-/// every command that searches with them (`quarry serve`, `quarry demo`) uses it.
-pub const DEMO_RETRIEVAL_RERANK: usize = 0;
 
 /// Where demo models are unpacked: `models` in quarry's cache folder.
 pub fn demo_models_root() -> PathBuf {

@@ -12,8 +12,8 @@
 # Runs stopped with --max-steps keep the schedule of all their epochs (that is how the
 # committed model was made: those runs were stopped there).
 #
-# Then copy WORK/stage1 (with its itm_fusion.json) and WORK/captioner (without their
-# training/ folders) to
+# Then copy WORK/stage1 (with its itm_fusion.json and search_fusion.json) and WORK/captioner
+# (without their training/ folders) to
 # models/demo/retrieval and models/demo/captioner, and rebuild (the demo models are embedded
 # in the binary).
 set -euo pipefail
@@ -140,7 +140,32 @@ T5=$WORK/synth-train; T20=$WORK/synth-train20k
 "$Q" eval --model "$WORK/stage1" --annotations "$WORK/synth-val/annotations.json" \
   --images "$WORK/synth-val" --k-test 16 --fit-itm-weight "$WORK/stage1/itm_fusion.json"
 
-# 7. Held-out quality: recall (ITC alone, with the folder's ITM weight and with LAVIS's sum)
+# 8. How the served search combines ITC, BM25 and ITM (src/search/fusion.rs): the BM25 weight,
+#    the ITM weight and the re-ranking depth, fitted per caption source on the first 500 of those
+#    validation scenes indexed three ways (the scenes' own captions imported, no captions, the
+#    demo captioner's), each fit merged into the folder's search_fusion.json. The ITM
+#    calibration shifts with the library's size, so it comes from the first 200 of those scenes
+#    (the size of `quarry demo`'s library) with the demo captioner, written alone.
+V=$WORK/synth-val500
+[ -f "$V/annotations.json" ] || "$Q" synth --out "$V" --n 500 --seed 3 --size 224
+"$Q" index "$V/images" --store "$WORK/val-imported" --model "$WORK/stage1" \
+  --captions "$V/annotations.json"
+"$Q" index "$V/images" --store "$WORK/val-none" --model "$WORK/stage1"
+"$Q" index "$V/images" --store "$WORK/val-captioned" --model "$WORK/stage1" \
+  --caption-model "$WORK/captioner"
+for s in imported none captioned; do
+  "$Q" eval-search --store "$WORK/val-$s" --model "$WORK/stage1" \
+    --annotations "$V/annotations.json" --depths 16 --fit "$WORK/stage1/search_fusion.json"
+done
+V2=$WORK/synth-val200
+[ -f "$V2/annotations.json" ] || "$Q" synth --out "$V2" --n 200 --seed 3 --size 224
+"$Q" index "$V2/images" --store "$WORK/val200-captioned" --model "$WORK/stage1" \
+  --caption-model "$WORK/captioner"
+"$Q" eval-search --store "$WORK/val200-captioned" --model "$WORK/stage1" \
+  --annotations "$V2/annotations.json" --fit "$WORK/stage1/search_fusion.json" \
+  --calibration-only
+
+# 9. Held-out quality: recall (ITC alone, with the folder's ITM weight and with LAVIS's sum)
 #    and caption accuracy.
 "$Q" eval --model "$WORK/stage1" --annotations "$WORK/synth-test/annotations.json" \
   --images "$WORK/synth-test" --k-test 16 --json

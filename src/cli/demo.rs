@@ -130,15 +130,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "or drop one of the scenes ({}) on the page to find similar ones. Ctrl-C stops.\n",
         scenes.join("images").display()
     );
-    let retrieval_is_demo = true;
-    serve(
-        library,
-        models,
-        &device,
-        args.server,
-        &store,
-        retrieval_is_demo,
-    )?;
+    serve(library, models, &device, args.server, &store, &retrieval)?;
     Ok(ExitCode::SUCCESS)
 }
 

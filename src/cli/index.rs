@@ -8,13 +8,13 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use quarry::indexer::WalkOptions;
 use quarry::indexing::{
-    index_paths, model_identity, CaptionSettings, IndexEvent, IndexModels, IndexOptions,
-    IndexSummary,
+    index_paths, model_identity, CaptionSettings, ImportedCaptions, IndexEvent, IndexModels,
+    IndexOptions, IndexSummary,
 };
 use quarry::library::Library;
 use quarry::LoadOptions;
 
-use super::model_args::{open_library, store_models, Precision};
+use super::model_args::{open_library, retrieval_dir, store_models, Precision, StoreModels};
 
 /// Arguments of `index`.
 #[derive(Debug, clap::Args)]
@@ -34,6 +34,11 @@ pub struct Args {
     /// --model is not given either].
     #[arg(long, value_name = "DIR")]
     caption_model: Option<PathBuf>,
+    /// Captions you already have, instead of a captioner: a LAVIS-format annotation file
+    /// ([{"image": "rel/path", "caption": "…" or ["…", …]}], what `quarry synth` writes), image
+    /// paths relative to the file's folder. Images it does not name get no caption.
+    #[arg(long, value_name = "FILE", conflicts_with = "caption_model")]
+    captions: Option<PathBuf>,
     /// Skip files and folders matching this glob (repeatable), e.g. '**/Thumbnails/**'.
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
@@ -78,14 +83,31 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .min(args.caption_max_tokens),
         ..CaptionSettings::default()
     };
-    let dirs = store_models(args.model.as_deref(), args.caption_model.as_deref())?;
-    let models = IndexModels::load(
+    let dirs = match &args.captions {
+        None => store_models(args.model.as_deref(), args.caption_model.as_deref())?,
+        Some(_) => StoreModels {
+            retrieval: retrieval_dir(args.model.as_deref())?,
+            caption: None,
+            retrieval_by_default: args.model.is_none(),
+        },
+    };
+    let mut models = IndexModels::load(
         &dirs.retrieval,
         dirs.caption.as_deref(),
         &options,
         &caption_settings,
     )
     .context("loading the models")?;
+    if let Some(file) = &args.captions {
+        let root = file.parent().unwrap_or(Path::new("."));
+        let captions = ImportedCaptions::from_annotations(file, root, None)?;
+        eprintln!(
+            "captions for {} images from {}",
+            captions.len(),
+            file.display()
+        );
+        models = models.with_imported_captions(captions);
+    }
     let identity = model_identity(&models);
     let mut library = open_library(&args.store, &identity, &dirs)?;
     if let Some(setting) = &args.feature_cache {

@@ -7,6 +7,7 @@ mod embed_image;
 mod embed_text;
 mod eval;
 mod eval_captions;
+mod eval_search;
 mod index;
 mod match_pair;
 mod model_args;
@@ -53,6 +54,9 @@ enum Command {
     Synth(synth::Args),
     /// Recall@K on a Karpathy test split (COCO 5k, Flickr30K 1k) with LAVIS's protocol.
     Eval(eval::Args),
+    /// Text → image recall of the search as served, over a store and an annotation file;
+    /// `--fit` fits the search fusion and ITM calibration.
+    EvalSearch(eval_search::Args),
     /// Train BLIP-2: stage 1 (Q-Former), stage 2 (Q-Former into OPT), or an OPT on captions.
     Train(train::Args),
     /// Caption accuracy on synthetic scenes (`quarry synth` output): colours, shapes, objects.
@@ -75,6 +79,7 @@ pub fn run() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Train(a) => train::run(a),
         Command::EvalCaptions(a) => eval_captions::run(a),
+        Command::EvalSearch(a) => eval_search::run(a),
         Command::Demo(a) => demo::run(a),
 
         Command::Serve(a) => serve::run(a),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use quarry::demo_models::{demo_captioner_dir, demo_retrieval_dir, DEMO_RETRIEVAL};
+use quarry::demo_models::{demo_captioner_dir, demo_retrieval_dir};
 use quarry::indexer::{preprocess_file, DecodeLimits, PreprocessError, PreprocessSpec};
 use quarry::library::{Library, LibraryError};
 use quarry::store::{ModelIdentity, StoreError};
@@ -151,10 +151,6 @@ pub struct StoreModels {
     pub caption: Option<PathBuf>,
     /// Whether no `--model` was given, so the demo retrieval model was chosen by default.
     pub retrieval_by_default: bool,
-    /// Whether the retrieval model is the built-in demo model's weights, chosen by default or
-    /// passed by path (`--model models/demo/retrieval`): what they are, not how they were
-    /// named, decides how they search ([`quarry::demo_models::DEMO_RETRIEVAL_RERANK`]).
-    pub retrieval_is_demo: bool,
 }
 
 /// `index` and `serve`: `--model` defaults to the demo model; `--caption-model` stays
@@ -176,13 +172,11 @@ pub fn store_models(model: Option<&Path>, caption_model: Option<&Path>) -> Resul
                 retrieval,
                 caption: Some(caption),
                 retrieval_by_default: true,
-                retrieval_is_demo: true,
             })
         }
         (model, caption) => {
             let retrieval = retrieval_dir(model)?;
             Ok(StoreModels {
-                retrieval_is_demo: model.is_none() || DEMO_RETRIEVAL.is_copy_in(&retrieval),
                 retrieval,
                 caption: caption.map(Path::to_path_buf),
                 retrieval_by_default: model.is_none(),

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use quarry::demo_models::DEMO_RETRIEVAL_RERANK;
 use quarry::indexing::{model_identity, CaptionSettings, IndexModels};
 use quarry::library::Library;
-use quarry::search::SearchSettings;
+use quarry::search::{SearchFusion, SearchSettings};
 use quarry::server::{AppState, Limits, ServerConfig};
 use quarry::LoadOptions;
 
@@ -49,8 +48,8 @@ pub struct ServerFlags {
     /// Token that writes and indexing jobs must send as `Authorization: Bearer <token>`.
     #[arg(long, value_name = "T")]
     token: Option<String>,
-    /// Candidates re-ranked by ITM per search when the request does not say (default: 16 on
-    /// CPU, 128 on a GPU; 0 with the built-in demo model, whose ITM ranks worse than its ITC).
+    /// Candidates re-ranked by ITM per search when the request does not say (default: the
+    /// depth the model folder's fitted search fusion chose, else 16 on CPU, 128 on a GPU).
     #[arg(long, value_name = "N")]
     rerank: Option<usize>,
     /// HTTP worker threads (they never run the model).
@@ -118,33 +117,32 @@ pub fn run(args: Args) -> Result<ExitCode> {
         &device,
         args.server,
         &args.store,
-        dirs.retrieval_is_demo,
+        &dirs.retrieval,
     )?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Serves `library` until Ctrl-C or SIGTERM, as `quarry serve` does. Shared with `quarry demo`.
-/// `retrieval_is_demo`: the retrieval model is the built-in demo model, which searches without
-/// ITM re-ranking unless `--rerank` asks ([`DEMO_RETRIEVAL_RERANK`]).
+/// `retrieval_folder` holds the retrieval model, and with it the search fusion fitted for it
+/// (see [`SearchFusion::for_store`]).
 pub(super) fn serve(
     library: Library,
     models: IndexModels,
     device: &Device,
     flags: ServerFlags,
     store: &Path,
-    retrieval_is_demo: bool,
+    retrieval_folder: &Path,
 ) -> Result<()> {
     let mut search = SearchSettings::for_device(device);
-    let rerank = flags.rerank.or_else(|| {
-        retrieval_is_demo.then(|| {
-            eprintln!(
-                "note: the demo model searches without ITM re-ranking (its ITM head ranks worse \
-                 than its ITC); --rerank N re-ranks N candidates"
-            );
-            DEMO_RETRIEVAL_RERANK
-        })
-    });
-    if let Some(n) = rerank {
+    search.fusion = SearchFusion::for_store(retrieval_folder, library.store().model())?;
+    if !search.fusion.fitted {
+        eprintln!(
+            "note: no search fusion is fitted for this model and these captions ({}); words \
+             only break near-ties of the image embeddings (quarry eval-search --fit fits one)",
+            search.fusion.caption_source
+        );
+    }
+    if let Some(n) = flags.rerank.or(search.fusion.rerank) {
         anyhow::ensure!(
             n <= search.max_rerank,
             "--rerank {n} is above the limit of {}",

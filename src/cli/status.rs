@@ -13,7 +13,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
     /// Print one JSON object: {"images", "vectors", "captions", "texts", "failed",
-    /// "feature_cache_bytes"}.
+    /// "feature_cache_bytes", "caption_quality": {"captions", "distinct", "distinct_ratio",
+    /// "most_common", "most_common_count", "uninformative"}}.
     #[arg(long)]
     json: bool,
 }
@@ -21,8 +22,11 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     let library = Library::open_existing(&args.store)?;
     let counts = library.counts()?;
+    let quality = library.store().caption_quality()?;
     if args.json {
-        println!("{}", serde_json::to_string(&counts)?);
+        let mut json = serde_json::to_value(counts)?;
+        json["caption_quality"] = serde_json::to_value(&quality)?;
+        println!("{json}");
         return Ok(ExitCode::SUCCESS);
     }
     let model = library.store().model();
@@ -34,6 +38,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
     println!("  images           {}", counts.images);
     println!("  vectors          {}", counts.vectors);
     println!("  captions         {}", counts.captions);
+    if quality.captions > 0 {
+        println!(
+            "  distinct         {} of {} captions ({:.0} %)",
+            quality.distinct,
+            quality.captions,
+            quality.distinct_ratio * 100.0
+        );
+    }
+    if quality.uninformative {
+        println!(
+            "  note: most images share their caption (\"{}\" on {}): the captions cannot tell \
+             images apart, so the search relies on the image embeddings",
+            quality.most_common.as_deref().unwrap_or_default(),
+            quality.most_common_count
+        );
+    }
     println!("  texts            {}", counts.texts);
     println!("  failed           {}", counts.failed);
     let per_image = counts

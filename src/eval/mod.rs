@@ -21,6 +21,7 @@ pub mod caption;
 pub mod metrics;
 pub mod protocol;
 mod run;
+pub mod served;
 
 use std::path::PathBuf;
 
@@ -92,6 +93,9 @@ pub enum EvalError {
         /// What is wrong.
         reason: String,
     },
+    /// A search of the served path failed.
+    #[error(transparent)]
+    Search(Box<crate::search::SearchError>),
     /// The model failed (loading or running). Boxed: the library error is large and this
     /// enum travels through every `Result` of the module.
     #[error(transparent)]
@@ -117,6 +121,7 @@ impl EvalError {
         match self {
             EvalError::Model(e) => e.is_user_error(),
             EvalError::CacheEntry { .. } => false,
+            EvalError::Search(e) => e.is_user_error(),
             _ => true,
         }
     }

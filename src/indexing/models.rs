@@ -10,6 +10,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 
+use super::ImportedCaptions;
 use crate::checkpoint::{CaptionFolder, LoadOptions, RetrievalFolder};
 use crate::error::{Error, Result};
 use crate::indexer::{preprocess_file, DecodeLimits, PreprocessSpec};
@@ -62,6 +63,9 @@ pub struct CaptionModel {
     pub fingerprint: String,
 }
 
+/// Each image's caption and its ITC text vector, when captions are made at all.
+type PerImageCaptions = (Option<Vec<Option<String>>>, Option<Vec<Option<Vec<f32>>>>);
+
 /// The models an indexing run uses, loaded once.
 #[derive(Debug)]
 pub struct IndexModels {
@@ -73,6 +77,8 @@ pub struct IndexModels {
     pub retrieval_fingerprint: String,
     /// The captioner, when one is configured.
     pub caption: Option<CaptionModel>,
+    /// Captions given by the user instead of a captioner (see [`ImportedCaptions`]).
+    pub imported_captions: Option<ImportedCaptions>,
     shared_trunk: bool,
     device: Device,
 }
@@ -138,9 +144,17 @@ impl IndexModels {
             retriever,
             retrieval_fingerprint,
             caption,
+            imported_captions: None,
             shared_trunk,
             device: options.device.clone(),
         })
+    }
+
+    /// Uses `captions` for the images they name instead of a captioner.
+    pub fn with_imported_captions(mut self, captions: ImportedCaptions) -> Self {
+        self.caption = None;
+        self.imported_captions = Some(captions);
+        self
     }
 
     /// The preprocessing the pipeline must produce (the retrieval model's).
@@ -200,23 +214,49 @@ impl IndexModels {
         } else {
             None
         };
-        let (captions, caption_embeddings) = match (caption_model, &encoded.captioning) {
-            (Some(c), Some(tokens)) => {
-                let prompts = vec![c.prompt.clone(); b];
-                let generated =
-                    c.model
-                        .generate_from_image_tokens(tokens, &prompts, &c.settings)?;
-                let texts = generated
-                    .iter()
-                    .map(|g| c.folder.decode(&g.token_ids))
-                    .collect::<Result<Vec<_>>>()?;
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                let text_batch = self.retrieval.tokenizer.batch(&refs, None, &self.device)?;
-                let embeds = self.retriever.embed_texts(&text_batch)?.to_vec2::<f32>()?;
-                (Some(texts), Some(embeds))
-            }
-            _ => (None, None),
-        };
+        // Per image: a captioner captions every image; imported captions cover the images
+        // they name.
+        let (captions, caption_embeddings): PerImageCaptions =
+            match (caption_model, &encoded.captioning) {
+                (Some(c), Some(tokens)) => {
+                    let prompts = vec![c.prompt.clone(); b];
+                    let generated =
+                        c.model
+                            .generate_from_image_tokens(tokens, &prompts, &c.settings)?;
+                    let texts = generated
+                        .iter()
+                        .map(|g| c.folder.decode(&g.token_ids))
+                        .collect::<Result<Vec<_>>>()?;
+                    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                    let text_batch = self.retrieval.tokenizer.batch(&refs, None, &self.device)?;
+                    let embeds = self.retriever.embed_texts(&text_batch)?.to_vec2::<f32>()?;
+                    (
+                        Some(texts.into_iter().map(Some).collect()),
+                        Some(embeds.into_iter().map(Some).collect()),
+                    )
+                }
+                _ => match &self.imported_captions {
+                    Some(imported) => {
+                        let texts: Vec<Option<String>> =
+                            paths.iter().map(|p| imported.get(p).cloned()).collect();
+                        let given: Vec<&str> = texts.iter().flatten().map(String::as_str).collect();
+                        let mut embeds = if given.is_empty() {
+                            Vec::new()
+                        } else {
+                            let text_batch =
+                                self.retrieval.tokenizer.batch(&given, None, &self.device)?;
+                            self.retriever.embed_texts(&text_batch)?.to_vec2::<f32>()?
+                        }
+                        .into_iter();
+                        let embeds: Vec<Option<Vec<f32>>> = texts
+                            .iter()
+                            .map(|t| t.as_ref().and_then(|_| embeds.next()))
+                            .collect();
+                        (Some(texts), Some(embeds))
+                    }
+                    None => (None, None),
+                },
+            };
         Ok((0..b)
             .map(|i| ImageAnalysis {
                 vectors: vectors[i * q * d..(i + 1) * q * d].to_vec(),
@@ -225,8 +265,8 @@ impl IndexModels {
                     tokens: *rows,
                     width: *width,
                 }),
-                caption: captions.as_ref().map(|c| c[i].clone()),
-                caption_embedding: caption_embeddings.as_ref().map(|e| e[i].clone()),
+                caption: captions.as_ref().and_then(|c| c[i].clone()),
+                caption_embedding: caption_embeddings.as_ref().and_then(|e| e[i].clone()),
             })
             .collect())
     }
@@ -265,12 +305,16 @@ pub fn model_identity(models: &IndexModels) -> ModelIdentity {
             queries: config.num_query_tokens,
             image_size: config.vision_config.image_size,
         },
-        captioner: models.caption.as_ref().map(|c| ModelFingerprint {
-            name: name(c.folder.path()),
-            fingerprint: c.fingerprint.clone(),
-            embed_dim: c.folder.config.image_text_hidden_size,
-            queries: c.folder.config.num_query_tokens,
-            image_size: c.folder.config.vision_config.image_size,
-        }),
+        captioner: match (&models.caption, &models.imported_captions) {
+            (Some(c), _) => Some(ModelFingerprint {
+                name: name(c.folder.path()),
+                fingerprint: c.fingerprint.clone(),
+                embed_dim: c.folder.config.image_text_hidden_size,
+                queries: c.folder.config.num_query_tokens,
+                image_size: c.folder.config.vision_config.image_size,
+            }),
+            (None, Some(_)) => Some(ImportedCaptions::identity()),
+            (None, None) => None,
+        },
     }
 }

@@ -44,6 +44,9 @@ pub struct ItmScores {
     pub probability: Vec<f32>,
     /// The query-averaged class-1 logit (what LAVIS adds to ITC when ranking).
     pub logit: Vec<f32>,
+    /// Class-1 minus class-0 logit: the log-odds of a match, whose sigmoid is `probability`
+    /// (kept apart because `probability` saturates at 1 in f32 where the log-odds still order).
+    pub log_odds: Vec<f32>,
 }
 
 /// The learned query tokens and the Q-Former: what both BLIP-2 facades share.
@@ -215,7 +218,14 @@ impl Retriever {
             .narrow(D::Minus1, 1, 1)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        Ok(ItmScores { probability, logit })
+        let log_odds = (logits.narrow(D::Minus1, 1, 1)? - logits.narrow(D::Minus1, 0, 1)?)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(ItmScores {
+            probability,
+            logit,
+            log_odds,
+        })
     }
 
     /// ITM of one image (memory of batch 1) against every text of a batch, reusing the image's

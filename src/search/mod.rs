@@ -5,36 +5,38 @@
 //! 1. *encode*: the text's ITC unit vector (Q-Former text mode, projected).
 //! 2. *ann*: the HNSW candidates, scored exactly by the max over each image's query vectors.
 //! 3. *bm25*: word hits over captions, file and folder names (images only).
-//! 4. *fusion*: weighted reciprocal-rank fusion, `Σ w / (c + rank)` over the two lists, with
-//!    ranks from 1 and `c` = [`SearchSettings::rrf_constant`] (60 as in Cormack et al. 2009: it
-//!    keeps one list's first place from dominating the other's). Candidates found by BM25 only
-//!    also get their exact ITC score so that every hit can be compared.
-//! 5. *itm*: the top `rerank` fused candidates go through the ITM head with the cached ViT
-//!    output of each image (recomputed from the original file when the cache is off or lacks
-//!    the image), then are ordered by match probability, ties by ITC; the candidates beyond
-//!    `rerank` follow in fused order without a match probability.
+//! 4. *fusion*: every candidate of either list scored `ITC + β · BM25 / best BM25` (see
+//!    [`fusion`]: `β` is fitted per model and caption source, and small without a fit, so
+//!    that words break near-ties but never overturn a confident ITC winner). Candidates found
+//!    by BM25 only also get their exact ITC score so that every hit can be compared.
+//! 5. *itm*: the top `rerank` first-stage candidates go through the ITM head with the cached
+//!    ViT output of each image (recomputed from the original file when the cache is off or
+//!    lacks the image) and are ordered by `first stage + w · ITM logit`; the candidates beyond
+//!    `rerank` follow in first-stage order without a match probability.
 //!
 //! Filters (folder prefix, date range, file type) restrict both candidate lists before their
 //! top entries are taken, so a narrow filter still fills `k`. `min_match` drops every hit
-//! whose ITM probability is below it, including the hits that were not re-ranked.
+//! whose (calibrated) ITM probability is below it, including the hits that were not re-ranked.
 
 // SearchError carries the library and model errors by value; searches return once per request, so the size costs nothing measurable and boxing would only obscure matching.
 #![allow(clippy::result_large_err)]
 
-mod fusion;
+pub mod fusion;
 #[cfg(test)]
 pub(crate) mod test_store;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-pub use self::fusion::{fuse, FusedCandidate, RankedList};
+pub use self::fusion::{
+    caption_source, ItmCalibration, SearchFusion, SearchFusionFile, SEARCH_FUSION_FILE,
+};
 use crate::ann::AnnError;
 use crate::indexer::{decode_bytes, to_pixels, DecodeLimits, PreprocessError, PreprocessSpec};
 use crate::library::{Library, LibraryError};
@@ -135,27 +137,26 @@ pub struct SearchSettings {
     pub max_rerank: usize,
     /// Candidates re-ranked with ITM when the request does not say.
     pub rerank_default: usize,
-    /// The RRF constant `c` in `w / (c + rank)`.
-    pub rrf_constant: f32,
-    /// Weight of the ITC (vector) list in the fusion.
-    pub itc_weight: f32,
-    /// Weight of the BM25 (word) list in the fusion.
-    pub bm25_weight: f32,
+    /// How ITC, BM25 and ITM combine (per model and caption source, see [`SearchFusion`]).
+    pub fusion: SearchFusion,
     /// Images per ITM forward pass (bounds memory: each pair holds a ViT output's keys).
     pub itm_batch: usize,
 }
 
 impl SearchSettings {
-    /// The defaults for a device: re-rank 16 on CPU (about 1 s at ViT-g) and 128 on a GPU.
+    /// The defaults for a device: re-rank 16 on CPU (about 1 s at ViT-g) and 128 on a GPU;
+    /// the unfitted fusion of a store without captions (callers that know the model folder
+    /// and the store set [`SearchSettings::fusion`] with [`SearchFusion::for_store`]).
     pub fn for_device(device: &Device) -> Self {
         Self {
             max_k: 200,
             max_query_chars: 1000,
             max_rerank: 512,
             rerank_default: if device.is_cpu() { 16 } else { 128 },
-            rrf_constant: 60.0,
-            itc_weight: 1.0,
-            bm25_weight: 1.0,
+            fusion: SearchFusion::unfitted(
+                fusion::NO_CAPTIONS,
+                crate::itm_fusion::ItmFusion::LAVIS,
+            ),
             itm_batch: if device.is_cpu() { 8 } else { 64 },
         }
     }
@@ -244,8 +245,8 @@ impl TextQuery {
     }
 }
 
-/// Why an image ranked where it did.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// Why an image ranked where it did (see [`SearchFusion`] for how the scores combine).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct HitScores {
     /// ITC: max over the image's query vectors of the dot with the text vector.
     pub itc: f32,
@@ -255,10 +256,45 @@ pub struct HitScores {
     pub bm25: Option<f32>,
     /// Rank in the word list (1 = best).
     pub bm25_rank: Option<usize>,
-    /// Reciprocal-rank fusion score.
+    /// BM25 over the query's best BM25 (0 without a word match).
+    pub bm25_share: f32,
+    /// First-stage score: `itc + β · bm25_share`.
     pub fused: f32,
-    /// ITM match probability, when re-ranked.
+    /// ITM match probability (calibrated), when re-ranked.
     pub itm: Option<f32>,
+    /// ITM class-1 logit, when re-ranked.
+    pub itm_logit: Option<f32>,
+    /// What ordered the hit: `fused + w · itm_logit` when re-ranked, else `fused`.
+    pub score: f32,
+}
+
+/// What the ITM head says of one image–text pair.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ItmOutput {
+    /// Class-1 logit (what LAVIS adds to ITC).
+    pub logit: f32,
+    /// `logit₁ − logit₀`, the log-odds of a match (what calibration scales).
+    pub log_odds: f32,
+}
+
+impl ItmOutput {
+    /// The outputs of a batch, in order.
+    pub fn from_scores(scores: crate::model::ItmScores) -> impl Iterator<Item = ItmOutput> {
+        scores
+            .logit
+            .into_iter()
+            .zip(scores.log_odds)
+            .map(|(logit, log_odds)| ItmOutput { logit, log_odds })
+    }
+}
+
+/// The candidates of one text query before ordering (see [`Searcher::text_candidates`]).
+#[derive(Debug, Clone)]
+pub struct Candidates {
+    /// Every candidate, in no particular order; only ITC and BM25 scores are set.
+    pub hits: Vec<ImageHit>,
+    /// Time of the stages so far.
+    pub timing: Timing,
 }
 
 /// One image found by a text.
@@ -309,14 +345,16 @@ pub struct TextHit {
     pub source: TextSource,
     /// ITC: max over the image's query vectors of the dot with the text vector.
     pub itc: f32,
-    /// ITM match probability, when re-ranked.
+    /// ITM match probability (calibrated), when re-ranked.
     pub itm: Option<f32>,
+    /// What ordered it: `ITC + w · ITM logit` when re-ranked, else ITC.
+    pub score: f32,
 }
 
 /// The answer to an image → text request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextResults {
-    /// Best first: by ITM probability among the re-ranked, ties by ITC; then by ITC.
+    /// Best first: the re-ranked by their score, ties by ITC; then by ITC.
     pub hits: Vec<TextHit>,
     /// Candidates that went through ITM.
     pub reranked: usize,
@@ -459,6 +497,26 @@ impl<'m> Searcher<'m> {
         })
     }
 
+    /// An indexed image as an image query: its stored vectors and its ViT output (cached, or
+    /// recomputed from its file).
+    pub fn encode_indexed(&self, library: &Library, id: u64) -> Result<EncodedImage, SearchError> {
+        let started = Instant::now();
+        let record = library
+            .store()
+            .image(id)?
+            .ok_or(SearchError::UnknownImage(id))?;
+        let vectors = library
+            .store()
+            .vectors(id)?
+            .ok_or(SearchError::UnknownImage(id))?;
+        let tokens = self.image_tokens(library, &record)?;
+        Ok(EncodedImage {
+            tokens,
+            vectors,
+            encode_ms: ms(started),
+        })
+    }
+
     fn vit(&self, pixels: &[f32]) -> Result<Tensor, SearchError> {
         let s = self.preprocess.size as usize;
         let t = Tensor::from_vec(pixels.to_vec(), (1, 3, s, s), self.retriever.device())?;
@@ -505,15 +563,39 @@ impl<'m> Searcher<'m> {
         Ok(Some(set))
     }
 
-    /// Text → image search (see the module docs).
+    /// Text → image search (see the module docs): [`Self::text_candidates`], then
+    /// [`Self::order`] with this searcher's fusion and the ITM head on the store's images,
+    /// then the cutoffs.
     pub fn search_text(
         &self,
         library: &Library,
         query: &TextQuery,
     ) -> Result<ImageResults, SearchError> {
         let started = Instant::now();
-        self.check_text(&query.text)?;
-        let k = self.check_k(query.k as u64)?;
+        let rerank = self.check_rerank(query)?;
+        let Candidates {
+            mut hits,
+            mut timing,
+        } = self.text_candidates(library, query)?;
+        let t = Instant::now();
+        let reranked = self.order(&mut hits, &self.settings.fusion, rerank, |chunk| {
+            self.itm_images(library, &query.text, chunk)
+        })?;
+        timing.itm = ms(t);
+        let t = Instant::now();
+        finish(&mut hits, query);
+        timing.fusion += ms(t);
+        timing.total = ms(started);
+        Ok(ImageResults {
+            hits,
+            reranked,
+            timing,
+        })
+    }
+
+    /// The number of candidates `query` re-ranks, checked against the limits (with
+    /// `min_match`).
+    pub fn check_rerank(&self, query: &TextQuery) -> Result<usize, SearchError> {
         let rerank = query.rerank.unwrap_or(self.settings.rerank_default);
         if rerank > self.settings.max_rerank {
             return Err(SearchError::BadParameter(format!(
@@ -528,6 +610,20 @@ impl<'m> Searcher<'m> {
                 )));
             }
         }
+        Ok(rerank)
+    }
+
+    /// Stages 1–3 of a text query: every image the vector search or the word search found
+    /// (after the filters), with its exact ITC, its BM25 score and both ranks, in no order.
+    /// Enough candidates are gathered to fill `k` and the re-ranking pool.
+    pub fn text_candidates(
+        &self,
+        library: &Library,
+        query: &TextQuery,
+    ) -> Result<Candidates, SearchError> {
+        self.check_text(&query.text)?;
+        let k = self.check_k(query.k as u64)?;
+        let rerank = self.check_rerank(query)?;
         let mut timing = Timing::default();
 
         let t = Instant::now();
@@ -536,8 +632,7 @@ impl<'m> Searcher<'m> {
 
         let t = Instant::now();
         let allowed = self.allowed(library, &query.filters)?;
-        // Enough candidates to fill k after the cutoffs, and the ITM pool.
-        let pool = (k.max(rerank) * 2).max(32);
+        let pool = candidate_pool(k, rerank);
         let ann = match &allowed {
             None => library.image_index().search(&vector, pool)?,
             Some(set) => library
@@ -565,87 +660,91 @@ impl<'m> Searcher<'m> {
         timing.bm25 = ms(t);
 
         let t = Instant::now();
-        let itc_list: Vec<(u64, f32)> = ann.iter().map(|h| (h.owner, h.score)).collect();
-        let fused = fuse(
-            &[
-                RankedList {
-                    items: &itc_list,
-                    weight: self.settings.itc_weight,
-                },
-                RankedList {
-                    items: &bm25,
-                    weight: self.settings.bm25_weight,
-                },
-            ],
-            self.settings.rrf_constant,
-        );
+        let best_bm25 = bm25.first().map_or(0.0, |b| b.1);
+        let mut by_id: HashMap<u64, HitScores> = HashMap::new();
+        for (i, h) in ann.iter().enumerate() {
+            by_id.entry(h.owner).or_insert(HitScores {
+                itc: h.score,
+                itc_rank: Some(i + 1),
+                ..HitScores::default()
+            });
+        }
         let dim = library.image_index().dim();
-        let mut candidates = Vec::with_capacity(fused.len());
-        for c in fused {
-            let Some(record) = library.store().image(c.id)? else {
+        for (i, &(id, score)) in bm25.iter().enumerate() {
+            let scores = match by_id.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    // A word-only candidate gets its exact ITC so every hit can be compared.
+                    let Some(v) = library.store().vectors(id)? else {
+                        continue; // removed since the indexes were read
+                    };
+                    e.insert(HitScores {
+                        itc: max_dot(&vector, &v, dim),
+                        ..HitScores::default()
+                    })
+                }
+            };
+            if scores.bm25_rank.is_none() {
+                scores.bm25 = Some(score);
+                scores.bm25_rank = Some(i + 1);
+                scores.bm25_share = if best_bm25 > 0.0 {
+                    score / best_bm25
+                } else {
+                    0.0
+                };
+            }
+        }
+        let mut hits = Vec::with_capacity(by_id.len());
+        for (id, scores) in by_id {
+            let Some(record) = library.store().image(id)? else {
                 continue; // removed since the indexes were read
             };
-            let itc = match c.scores[0] {
-                Some(s) => s,
-                None => match library.store().vectors(c.id)? {
-                    Some(v) => max_dot(&vector, &v, dim),
-                    None => continue,
-                },
-            };
-            candidates.push(ImageHit {
-                record,
-                scores: HitScores {
-                    itc,
-                    itc_rank: c.ranks[0],
-                    bm25: c.scores[1],
-                    bm25_rank: c.ranks[1],
-                    fused: c.fused,
-                    itm: None,
-                },
-            });
+            hits.push(ImageHit { record, scores });
         }
         timing.fusion = ms(t);
-
-        let t = Instant::now();
-        let reranked = rerank.min(candidates.len());
-        if reranked > 0 {
-            let probabilities = self.itm_images(library, &query.text, &candidates[..reranked])?;
-            for (hit, p) in candidates.iter_mut().zip(probabilities) {
-                hit.scores.itm = Some(p);
-            }
-            candidates[..reranked].sort_by(|a, b| {
-                let (pa, pb) = (a.scores.itm.unwrap_or(0.0), b.scores.itm.unwrap_or(0.0));
-                pb.total_cmp(&pa)
-                    .then(b.scores.itc.total_cmp(&a.scores.itc))
-                    .then(a.record.id.cmp(&b.record.id))
-            });
-        }
-        timing.itm = ms(t);
-
-        let t = Instant::now();
-        if let Some(min) = query.min_match {
-            candidates.retain(|h| h.scores.itm.is_some_and(|p| p >= min));
-        }
-        candidates.truncate(k);
-        if query.sort == SortOrder::Date {
-            sort_by_date(&mut candidates, |h| &h.record);
-        }
-        timing.fusion += ms(t);
-        timing.total = ms(started);
-        Ok(ImageResults {
-            hits: candidates,
-            reranked,
-            timing,
-        })
+        Ok(Candidates { hits, timing })
     }
 
-    /// ITM match probabilities of `text` against each hit's image, in order.
-    fn itm_images(
+    /// Stages 4–5: orders `hits` by `fusion`'s first-stage score, then re-scores the first
+    /// `rerank` with ITM (`itm` gives the head's outputs for a slice of hits, in order) and
+    /// orders those by their re-ranked score. Re-ranked hits come first; ties go to the
+    /// higher ITC, then the lower id. Returns how many were re-ranked.
+    pub fn order(
+        &self,
+        hits: &mut [ImageHit],
+        fusion: &SearchFusion,
+        rerank: usize,
+        mut itm: impl FnMut(&[ImageHit]) -> Result<Vec<ItmOutput>, SearchError>,
+    ) -> Result<usize, SearchError> {
+        for h in hits.iter_mut() {
+            let s = &mut h.scores;
+            s.fused = fusion.first_stage(s.itc, s.bm25_share);
+            s.score = s.fused;
+            s.itm = None;
+            s.itm_logit = None;
+        }
+        hits.sort_by(by_score);
+        let reranked = rerank.min(hits.len());
+        if reranked > 0 {
+            let outputs = itm(&hits[..reranked])?;
+            for (hit, out) in hits.iter_mut().zip(outputs) {
+                let s = &mut hit.scores;
+                s.itm = Some(fusion.calibration.probability(out.log_odds));
+                s.itm_logit = Some(out.logit);
+                s.score = fusion.reranked(s.fused, out.logit);
+            }
+            hits[..reranked].sort_by(by_score);
+        }
+        Ok(reranked)
+    }
+
+    /// The ITM head's outputs for `text` against each hit's image, in order.
+    pub(crate) fn itm_images(
         &self,
         library: &Library,
         text: &str,
         hits: &[ImageHit],
-    ) -> Result<Vec<f32>, SearchError> {
+    ) -> Result<Vec<ItmOutput>, SearchError> {
         let mut out = Vec::with_capacity(hits.len());
         for chunk in hits.chunks(self.settings.itm_batch.max(1)) {
             let tokens = chunk
@@ -657,9 +756,9 @@ impl<'m> Searcher<'m> {
         Ok(out)
     }
 
-    /// ITM match probabilities of `text` against images given by their ViT outputs
+    /// The ITM head's outputs for `text` against images given by their ViT outputs
     /// (`[1, T, W]` each), in batches of [`SearchSettings::itm_batch`].
-    pub fn itm_tokens(&self, tokens: &[Tensor], text: &str) -> Result<Vec<f32>, SearchError> {
+    pub fn itm_tokens(&self, tokens: &[Tensor], text: &str) -> Result<Vec<ItmOutput>, SearchError> {
         let device = self.retriever.device();
         let mut out = Vec::with_capacity(tokens.len());
         for chunk in tokens.chunks(self.settings.itm_batch.max(1)) {
@@ -667,7 +766,7 @@ impl<'m> Searcher<'m> {
             let texts = vec![text; chunk.len()];
             let batch = self.tokenizer.batch(&texts, None, device)?;
             let memory = self.retriever.image_memory(&batch_tokens)?;
-            out.extend(self.retriever.itm(&memory, &batch)?.probability);
+            out.extend(ItmOutput::from_scores(self.retriever.itm(&memory, &batch)?));
         }
         Ok(out)
     }
@@ -704,6 +803,7 @@ impl<'m> Searcher<'m> {
                     source: text.source,
                     itc: h.score,
                     itm: None,
+                    score: h.score,
                 });
             }
         }
@@ -711,21 +811,24 @@ impl<'m> Searcher<'m> {
         let reranked = rerank.min(hits.len());
         if reranked > 0 {
             let memory = self.retriever.image_memory(&image.tokens)?;
-            let mut probabilities = Vec::with_capacity(reranked);
+            let mut outputs = Vec::with_capacity(reranked);
             for chunk in hits[..reranked].chunks(self.settings.itm_batch.max(1) * 4) {
                 let texts: Vec<&str> = chunk.iter().map(|h| h.text.as_str()).collect();
                 let batch = self
                     .tokenizer
                     .batch(&texts, None, self.retriever.device())?;
-                probabilities.extend(self.retriever.itm_one_image(&memory, &batch)?.probability);
+                outputs.extend(ItmOutput::from_scores(
+                    self.retriever.itm_one_image(&memory, &batch)?,
+                ));
             }
-            for (hit, p) in hits.iter_mut().zip(probabilities) {
-                hit.itm = Some(p);
+            let fusion = &self.settings.fusion;
+            for (hit, out) in hits.iter_mut().zip(outputs) {
+                hit.itm = Some(fusion.calibration.probability(out.log_odds));
+                hit.score = fusion.reranked(hit.itc, out.logit);
             }
             hits[..reranked].sort_by(|a, b| {
-                b.itm
-                    .unwrap_or(0.0)
-                    .total_cmp(&a.itm.unwrap_or(0.0))
+                b.score
+                    .total_cmp(&a.score)
                     .then(b.itc.total_cmp(&a.itc))
                     .then(a.id.cmp(&b.id))
             });
@@ -809,6 +912,32 @@ impl<'m> Searcher<'m> {
                 ..Timing::default()
             },
         })
+    }
+}
+
+/// Candidates each list gives a query for `k` results and `rerank` re-ranked: enough to fill
+/// `k` after the cutoffs, and the ITM pool.
+pub fn candidate_pool(k: usize, rerank: usize) -> usize {
+    (k.max(rerank) * 2).max(32)
+}
+
+/// Best first: re-ranked (or first-stage) score, then ITC, then the lower id.
+fn by_score(a: &ImageHit, b: &ImageHit) -> std::cmp::Ordering {
+    b.scores
+        .score
+        .total_cmp(&a.scores.score)
+        .then(b.scores.itc.total_cmp(&a.scores.itc))
+        .then(a.record.id.cmp(&b.record.id))
+}
+
+/// The cutoffs after ordering: `min_match`, `k`, and the date order when asked.
+fn finish(hits: &mut Vec<ImageHit>, query: &TextQuery) {
+    if let Some(min) = query.min_match {
+        hits.retain(|h| h.scores.itm.is_some_and(|p| p >= min));
+    }
+    hits.truncate(query.k);
+    if query.sort == SortOrder::Date {
+        sort_by_date(hits, |h| &h.record);
     }
 }
 

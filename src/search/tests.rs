@@ -24,50 +24,78 @@ fn searcher() -> Searcher<'static> {
 const N: usize = 24;
 
 #[test]
-fn fusion_matches_hand_computed_reciprocal_ranks() {
-    // 1 is 1st by vectors and 3rd by words; 2 is 2nd and 1st; 3 is words-only 2nd; 4 vectors 3rd.
-    // 1: 1/61 + 0.5/63 = 0.024330 edges out 2: 1/62 + 0.5/61 = 0.024326.
-    let itc = [(1, 0.9), (2, 0.8), (4, 0.7)];
-    let bm25 = [(2, 5.0), (3, 4.0), (1, 3.0)];
-    let fused = fuse(
-        &[
-            RankedList {
-                items: &itc,
-                weight: 1.0,
-            },
-            RankedList {
-                items: &bm25,
-                weight: 0.5,
-            },
-        ],
-        60.0,
-    );
-    let expect = |id: u64| -> f32 {
-        match id {
-            1 => 1.0 / 61.0 + 0.5 / 63.0,
-            2 => 1.0 / 62.0 + 0.5 / 61.0,
-            3 => 0.5 / 62.0,
-            4 => 1.0 / 63.0,
-            _ => unreachable!(),
-        }
+fn a_confident_itc_winner_stays_first_and_near_ties_go_to_the_words() {
+    // Candidates as text_candidates leaves them: 1 leads ITC by 0.05 with no word match, 2 is
+    // the best word match, 3 is 0.004 behind 4 in ITC but has a word match.
+    let dir = tempfile::tempdir().unwrap();
+    let (library, _) = build(dir.path(), models(), 4, false);
+    let records: Vec<ImageRecord> = library.store().images().map(|r| r.unwrap()).collect();
+    let hit = |n: u64, itc: f32, share: Option<f32>| ImageHit {
+        record: ImageRecord {
+            id: n,
+            ..records[0].clone()
+        },
+        scores: HitScores {
+            itc,
+            bm25: share,
+            bm25_share: share.unwrap_or(0.0),
+            ..HitScores::default()
+        },
     };
-    let order: Vec<u64> = fused.iter().map(|c| c.id).collect();
-    assert_eq!(order, vec![1, 2, 4, 3]);
-    for c in &fused {
-        assert!(
-            (c.fused - expect(c.id)).abs() < 1e-7,
-            "id {}: {}",
-            c.id,
-            c.fused
-        );
-    }
-    let three = fused.iter().find(|c| c.id == 3).unwrap();
-    assert_eq!(three.ranks, vec![None, Some(2)]);
-    assert_eq!(three.scores, vec![None, Some(4.0)]);
+    let mut hits = vec![
+        hit(2, 0.40, Some(1.0)),
+        hit(3, 0.296, Some(0.6)),
+        hit(1, 0.45, None),
+        hit(4, 0.30, None),
+    ];
+    let s = searcher();
+    let unfitted = SearchFusion::unfitted(fusion::NO_CAPTIONS, crate::itm_fusion::ItmFusion::LAVIS);
+    let no_itm = |_: &[ImageHit]| -> Result<Vec<ItmOutput>, SearchError> { unreachable!() };
+    assert_eq!(s.order(&mut hits, &unfitted, 0, no_itm).unwrap(), 0);
+    let order: Vec<u64> = hits.iter().map(|h| h.record.id).collect();
+    assert_eq!(order, vec![1, 2, 3, 4]);
+    assert!((hits[2].scores.fused - (0.296 + 0.6 * fusion::UNFITTED_BM25_WEIGHT)).abs() < 1e-6);
+    // A fitted β that trusts the words puts the best word match first.
+    let words = SearchFusion {
+        bm25_weight: 0.1,
+        ..unfitted.clone()
+    };
+    s.order(&mut hits, &words, 0, no_itm).unwrap();
+    assert_eq!(hits[0].record.id, 2);
+    // Re-ranking the top 2 by first stage + w · logit: the logit decides between them, the
+    // rest follow in first-stage order; probabilities are calibrated.
+    let reranking = SearchFusion {
+        itm_logit_weight: 0.5,
+        calibration: ItmCalibration {
+            scale: 2.0,
+            bias: 0.0,
+        },
+        ..unfitted
+    };
+    let n = s
+        .order(&mut hits, &reranking, 2, |chunk| {
+            Ok(chunk
+                .iter()
+                .map(|h| {
+                    let logit = if h.record.id == 2 { 1.0 } else { -1.0 };
+                    ItmOutput {
+                        logit,
+                        log_odds: logit,
+                    }
+                })
+                .collect())
+        })
+        .unwrap();
+    assert_eq!(n, 2);
+    let order: Vec<u64> = hits.iter().map(|h| h.record.id).collect();
+    assert_eq!(order, vec![2, 1, 3, 4]);
+    assert!((hits[0].scores.score - (0.41 + 0.5)).abs() < 1e-6);
+    assert!((hits[0].scores.itm.unwrap() - fusion::sigmoid(2.0)).abs() < 1e-6);
+    assert!(hits[2].scores.itm.is_none() && hits[2].scores.score == hits[2].scores.fused);
 }
 
 #[test]
-fn text_search_orders_by_itm_then_fused_and_scores_are_consistent() {
+fn text_search_orders_by_score_then_fused_and_scores_are_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let (library, captions) = build(dir.path(), models(), N, true);
     let s = searcher();
@@ -77,9 +105,16 @@ fn text_search_orders_by_itm_then_fused_and_scores_are_consistent() {
     assert_eq!(r.hits.len(), 10);
     assert_eq!(r.reranked, 6);
     let (head, tail) = r.hits.split_at(6);
+    let fusion = &s.settings().fusion;
     for w in head.windows(2) {
         let (a, b) = (&w[0].scores, &w[1].scores);
-        assert!(a.itm.unwrap() > b.itm.unwrap() || (a.itm == b.itm && a.itc >= b.itc));
+        assert!(a.score > b.score || (a.score == b.score && a.itc >= b.itc));
+    }
+    for h in head {
+        let sc = &h.scores;
+        let share = sc.bm25_share;
+        assert!((sc.fused - fusion.first_stage(sc.itc, share)).abs() < 1e-6);
+        assert!((sc.score - fusion.reranked(sc.fused, sc.itm_logit.unwrap())).abs() < 1e-6);
     }
     assert!(tail.iter().all(|h| h.scores.itm.is_none()));
     for w in tail.windows(2) {
@@ -275,13 +310,17 @@ fn image_to_text_and_image_to_image() {
         assert!((max_dot(&v5, &v, 16) - h.similarity).abs() < 1e-5);
     }
 
-    // Image → text: every caption is a candidate; the re-ranked head is ordered by ITM.
+    // Image → text: every caption is a candidate; the re-ranked head is ordered by
+    // ITC + w · ITM logit (LAVIS's sum without a fitted weight).
     let r = s.image_to_text(&library, &image, 12, Some(5)).unwrap();
     assert_eq!(r.hits.len(), 12);
     assert_eq!(r.reranked, 5);
     for w in r.hits[..5].windows(2) {
-        assert!(w[0].itm.unwrap() >= w[1].itm.unwrap());
+        assert!(w[0].score >= w[1].score);
     }
+    assert!(r.hits[..5]
+        .iter()
+        .all(|h| h.itm.is_some() && h.score != h.itc));
     assert!(r.hits.iter().all(|h| captions.contains(&h.text)));
     assert!(r
         .hits

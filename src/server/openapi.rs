@@ -30,16 +30,30 @@ pub fn document(search: &SearchSettings, limits: &Limits) -> Value {
     let search_description = format!(
         "Text → image. Stages: the text's ITC vector; HNSW candidates scored exactly by the max \
          over each image's 32 query vectors (ITC); BM25 over captions, file and folder names; \
-         weighted reciprocal-rank fusion fused = {itc_w}/({c} + itc_rank) + {bm_w}/({c} + bm25_rank) \
-         (constant {c}, ITC weight {itc_w}, BM25 weight {bm_w}; a list the image is absent from adds \
-         nothing); ITM re-ranking of the top `rerank` fused candidates (default {rd}) with the \
-         cached ViT output. Hits best first: re-ranked ones by ITM match probability (`itm`), ties \
-         by ITC; then the others by fused score. `min_match` drops every hit whose `itm` is below \
-         it, including hits that were not re-ranked (they have no `itm`). Filters apply before \
+         first-stage score fused = itc + {bm_w} × bm25_share (bm25_share: the image's BM25 over \
+         the query's best, 0 without a word match; the weight is fitted per model and caption \
+         source{fitted}); ITM re-ranking of the top `rerank` first-stage candidates (default {rd}) \
+         with the cached ViT output: score = fused + {itm_w} × itm_logit. Hits best first: \
+         re-ranked ones by `score`, ties by ITC; then the others by fused score. `itm` is the \
+         ITM match probability{calibrated}. `min_match` drops every hit whose `itm` is below it, \
+         including hits that were not re-ranked (they have no `itm`). Filters apply before \
          candidates are taken, so a narrow filter still fills k. `sort=date` orders the same \
          relevant hits newest first by capture date (EXIF), else file modification time; images \
          with no date at all come last.",
-        itc_w = search.itc_weight, bm_w = search.bm25_weight, c = search.rrf_constant, rd = search.rerank_default);
+        bm_w = search.fusion.bm25_weight,
+        itm_w = search.fusion.itm_logit_weight,
+        rd = search.rerank_default,
+        fitted = if search.fusion.fitted {
+            "; fitted for this store"
+        } else {
+            "; not fitted for this store's captions: the safe default"
+        },
+        calibrated = if search.fusion.calibration.is_identity() {
+            ""
+        } else {
+            ", calibrated on held-out data"
+        }
+    );
     let search_params = json!([
         {"name": "q", "in": "query", "required": true, "description": format!("The text, at most {} characters; empty: 400 empty_query.", search.max_query_chars), "schema": {"type": "string"}},
         k_param,
@@ -83,8 +97,11 @@ pub fn document(search: &SearchSettings, limits: &Limits) -> Value {
                     "itc_rank": {"type": ["integer", "null"], "description": "Rank in the vector list (1 = best); null when found by words only."},
                     "bm25": {"type": ["number", "null"]},
                     "bm25_rank": {"type": ["integer", "null"]},
-                    "fused": {"type": "number", "description": "Reciprocal-rank fusion score."},
-                    "itm": {"type": ["number", "null"], "description": "ITM match probability; null when not re-ranked."}}},
+                    "bm25_share": {"type": "number", "description": "BM25 over the query's best BM25; 0 without a word match."},
+                    "fused": {"type": "number", "description": "First-stage score: itc + β × bm25_share."},
+                    "itm": {"type": ["number", "null"], "description": "ITM match probability (calibrated when the model folder has a calibration); null when not re-ranked."},
+                    "itm_logit": {"type": ["number", "null"], "description": "ITM class-1 logit; null when not re-ranked."},
+                    "score": {"type": "number", "description": "What ordered the hit: fused + w × itm_logit when re-ranked, else fused."}}},
                 "Image": {"type": "object", "properties": {
                     "id": {"type": "integer"}, "path": {"type": "string"}, "caption": {"type": ["string", "null"]},
                     "width": {"type": "integer"}, "height": {"type": "integer"}, "format": {"type": "string"},
@@ -110,7 +127,7 @@ pub fn document(search: &SearchSettings, limits: &Limits) -> Value {
         "paths": {
             "/health": {"get": {"summary": "Ready check", "responses": {"200": {"description": "{\"status\": \"ok\", \"images\": N} (images null while a commit holds the library)"}}}},
             "/stats": {"get": {"summary": "Store counts, models, defaults and limits",
-                "responses": {"200": {"description": "{images, vectors, captions, texts, failed, feature_cache_bytes, model: {retrieval, captioner}, rerank_default, limits: {max_k, max_query_chars, max_rerank, max_upload_bytes, max_texts}, fusion: {rrf_constant, itc_weight, bm25_weight}, model_slots}"}}}},
+                "responses": {"200": {"description": "{images, vectors, captions, texts, failed, feature_cache_bytes, model: {retrieval, captioner}, rerank_default, limits: {max_k, max_query_chars, max_rerank, max_upload_bytes, max_texts}, fusion: {bm25_weight, itm_logit_weight, calibration: {scale, bias}, caption_source, fitted}, caption_quality: {captions, distinct, distinct_ratio, most_common, most_common_count, uninformative}, model_slots}"}}}},
             "/search": {
                 "get": {"summary": "Text → image", "description": search_description, "parameters": search_params,
                         "responses": with_errors(json!({"200": json_ok("Hits best first (or by date).", "SearchResults")}))},

@@ -96,9 +96,15 @@ async fn health(state: State) -> HttpResponse {
 
 async fn stats(state: State) -> Result<HttpResponse, ApiError> {
     let s = state.clone();
-    let counts = web::block(move || s.read().counts())
-        .await
-        .map_err(ApiError::internal)??;
+    let (counts, caption_quality) = web::block(move || {
+        let library = s.read();
+        Ok::<_, crate::library::LibraryError>((
+            library.counts()?,
+            library.store().caption_quality()?,
+        ))
+    })
+    .await
+    .map_err(ApiError::internal)??;
     let search = &state.search;
     Ok(HttpResponse::Ok().json(json!({
         "images": counts.images,
@@ -119,11 +125,8 @@ async fn stats(state: State) -> Result<HttpResponse, ApiError> {
             "max_upload_bytes": state.limits.max_upload_bytes,
             "max_texts": state.limits.max_texts,
         },
-        "fusion": {
-            "rrf_constant": search.rrf_constant,
-            "itc_weight": search.itc_weight,
-            "bm25_weight": search.bm25_weight,
-        },
+        "fusion": search.fusion,
+        "caption_quality": caption_quality,
         "model_slots": {"size": state.pool.size, "in_use": state.pool.in_use()},
     })))
 }
@@ -305,7 +308,7 @@ fn text_results_json(results: &TextResults) -> Value {
                 TextSource::User => ("user", None),
             };
             json!({"id": h.id, "text": h.text, "source": source, "image_id": image_id,
-                   "scores": {"itc": h.itc, "itm": h.itm}})
+                   "scores": {"itc": h.itc, "itm": h.itm, "score": h.score}})
         })
         .collect();
     json!({"hits": hits, "reranked": results.reranked, "timing_ms": timing_json(&results.timing)})

@@ -22,6 +22,7 @@
 //! concurrently, commits are serialised.
 
 mod batch;
+mod caption_quality;
 mod error;
 mod features;
 mod keys;
@@ -42,6 +43,7 @@ use batch::{json, Overlay, Shapes};
 pub use batch::{
     BatchWrite, CommitReceipt, ImageInfo, NewCaption, NewFailure, NewImage, NewText, PathUpdate,
 };
+pub use caption_quality::CaptionQuality;
 pub use error::StoreError;
 use features::FeatureFiles;
 pub use model::{ModelFingerprint, ModelIdentity};
@@ -507,6 +509,18 @@ impl Store {
             failed: state.failed,
             feature_cache_bytes: self.features.bytes_on_disk()?,
         })
+    }
+
+    /// How varied the images' captions are (reads every image record: for status pages, not
+    /// for every request).
+    pub fn caption_quality(&self) -> Result<CaptionQuality, StoreError> {
+        let mut captions = Vec::new();
+        for record in self.images() {
+            if let Some(c) = record?.caption {
+                captions.push(c);
+            }
+        }
+        Ok(CaptionQuality::of(captions.iter().map(String::as_str)))
     }
 
     /// `(date in seconds, image id)`, oldest first (`.rev()` for newest first). The date is

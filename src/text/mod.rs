@@ -43,6 +43,10 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Ta
 /// Version of the schema built by this module, kept in the commit payload.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Longest typed query that also scores as a phrase (longer ones are pasted text, not a
+/// description, and a phrase query's cost grows with its length).
+const MAX_PHRASE_TERMS: usize = 32;
+
 /// Writer memory budget: one indexing thread (batches are small; the model is the bottleneck).
 const WRITER_BYTES: usize = 50_000_000;
 
@@ -428,13 +432,24 @@ impl TextIndex {
                 analyzer.token_stream(segment).process(&mut |t| {
                     terms.push((t.position, Term::from_field_text(field, &t.text)));
                 });
+                let boost =
+                    |q: Box<dyn Query>| -> Box<dyn Query> { Box::new(BoostQuery::new(q, weight)) };
                 if !phrase {
+                    // Words typed in the order a caption or text has them score once more as a
+                    // phrase: a description that says exactly what was asked ("a red circle in
+                    // the top") beats one that only shares its words ("a red square and a
+                    // circle in the top"). Only within the bounded query length.
+                    let sentence_field = field == f.caption || field == f.body;
+                    if sentence_field && (2..=MAX_PHRASE_TERMS).contains(&terms.len()) {
+                        clauses.push((
+                            Occur::Should,
+                            boost(Box::new(PhraseQuery::new_with_offset(terms.clone()))),
+                        ));
+                    }
                     // A word typed twice is one clause (and a pasted essay stays cheap).
                     let mut seen = std::collections::HashSet::new();
                     terms.retain(|(_, t)| seen.insert(t.clone()));
                 }
-                let boost =
-                    |q: Box<dyn Query>| -> Box<dyn Query> { Box::new(BoostQuery::new(q, weight)) };
                 if phrase && terms.len() > 1 {
                     clauses.push((
                         Occur::Should,

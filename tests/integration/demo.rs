@@ -186,8 +186,8 @@ fn commands_without_model_use_the_unpacked_demo_models() {
     assert_eq!(summary["store"]["captions"], 3, "{summary}");
     unpacked(&cache, "captioner");
 
-    // serve with no model flags: the demo model, which searches without ITM re-ranking unless
-    // asked (as `quarry demo` does); a request can still ask for it.
+    // serve with no model flags: the demo model, re-ranking 16 candidates by default with the
+    // fusion fitted for it (as `quarry demo` does); a request can ask for another depth.
     let server = Server::spawn(
         &["serve", "--store", store.to_str().unwrap()],
         Some(&cache),
@@ -203,22 +203,39 @@ fn commands_without_model_use_the_unpacked_demo_models() {
     );
     let (status, serve_log) = server.stop();
     assert!(status.success(), "serve exited with {status}");
+    // The demo folder carries a search fusion fitted for the demo captioner's captions.
     assert!(
-        serve_log.contains("searches without ITM re-ranking"),
+        !serve_log.contains("no search fusion is fitted"),
         "{serve_log}"
     );
     assert_eq!(stats.0, 200, "{}", stats.1);
-    assert_eq!(stats.1["rerank_default"], 0, "{}", stats.1);
+    // The default depth is the one the fit chose.
+    assert_eq!(
+        stats.1["rerank_default"], stats.1["fusion"]["rerank"],
+        "{}",
+        stats.1
+    );
+    assert!(
+        stats.1["rerank_default"].as_u64().unwrap() > 0,
+        "{}",
+        stats.1
+    );
+    assert_eq!(stats.1["fusion"]["fitted"], true, "{}", stats.1);
+    assert!(
+        stats.1["caption_quality"]["captions"].as_u64().unwrap() > 0,
+        "{}",
+        stats.1
+    );
     let (code, hits) = default_search;
     assert_eq!(code, 200, "{hits}");
-    assert_eq!(hits["reranked"], 0, "{hits}");
-    assert!(hits["hits"][0]["scores"]["itm"].is_null(), "{hits}");
+    assert!(hits["reranked"].as_u64().unwrap() > 0, "{hits}");
+    assert!(hits["hits"][0]["scores"]["itm"].is_number(), "{hits}");
     let (code, hits) = asked;
     assert_eq!(code, 200, "{hits}");
     assert_eq!(hits["reranked"], 2, "{hits}");
     assert!(hits["hits"][0]["scores"]["itm"].is_number(), "{hits}");
 
-    // The demo weights named by path are still the demo model: no re-ranking by default.
+    // The demo weights named by path carry the same fitted fusion.
     let by_path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo/retrieval");
     let captioner = concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo/captioner");
     let server = Server::spawn(
@@ -241,7 +258,12 @@ fn commands_without_model_use_the_unpacked_demo_models() {
         "serve --model exited with {status}: {serve_log}"
     );
     assert_eq!(stats.0, 200, "{}", stats.1);
-    assert_eq!(stats.1["rerank_default"], 0, "{}", stats.1);
+    assert_eq!(
+        stats.1["rerank_default"], stats.1["fusion"]["rerank"],
+        "{}",
+        stats.1
+    );
+    assert_eq!(stats.1["fusion"]["fitted"], true, "{}", stats.1);
 
     // caption without --model.
     let image = scenes.join("images/000000.png");
@@ -412,9 +434,9 @@ fn demo_serves_the_page_and_says_when_the_port_is_taken() {
     assert!(health.is_object(), "{health}");
     assert_eq!(code, 200, "{hits}");
     assert_eq!(hits["hits"].as_array().unwrap().len(), 3, "{hits}");
-    // The demo searches without ITM re-ranking unless asked (its ITM head ranks worse).
-    assert!(hits["hits"][0]["scores"]["itm"].is_null(), "{hits}");
-    assert_eq!(hits["reranked"], 0, "{hits}");
+    // The demo re-ranks with ITM by default (the fitted depth; 4 scenes are fewer).
+    assert!(hits["hits"][0]["scores"]["itm"].is_number(), "{hits}");
+    assert!(hits["reranked"].as_u64().unwrap() > 0, "{hits}");
     let (code, _, body) = page.unwrap();
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains("<html"));

@@ -9,6 +9,7 @@ mod folder_errors;
 mod indexing;
 mod parity;
 mod serve;
+mod served_search;
 mod support;
 mod training;
 mod web;

@@ -15,6 +15,10 @@
 //   an ITM probability (not among the re-ranked top N) are kept only at a cutoff of 0.
 // - Sort order and filters (folder prefix, capture dates, file type) are applied by the server,
 //   so changing them runs the search again.
+// - Relevance order is the server's: the hits ITM re-ranked come first, by `scores.score` (the
+//   first-stage score plus w × the ITM logit), then the others by `scores.fused` (the first
+//   stage: ITC + β × the BM25 share); ties go to the higher ITC, then the lower id. The weights
+//   β and w come from GET /stats (`fusion`), which the page fetches for its explanations.
 // - The query, filters, sort, cutoff and result count live in the URL (?q=…), so results can be
 //   linked and the browser's back and forward buttons move between searches.
 'use strict';
@@ -100,6 +104,8 @@ function ordinal(n) {
 }
 
 const plural = (n, word, many = `${word}s`) => `${intText(n)} ${n === 1 ? word : many}`;
+// A fusion weight (β, w) as short as it stays exact enough to read: 0.05, 1, 0.0734.
+const weightText = (v) => (isNum(v) ? String(Number(v.toPrecision(3))) : '—');
 
 // ---------------------------------------------------------------------------------------------
 // API access
@@ -330,6 +336,20 @@ function imageCard(hit, index, extraScores, onOpen) {
   return li;
 }
 
+// The search's fusion weights from GET /stats ({ bm25_weight, itm_logit_weight, calibration,
+// caption_source, fitted }), or null until the statistics have loaded.
+let searchFusion = null;
+
+const betaText = () => (searchFusion && isNum(searchFusion.bm25_weight) ? ` (β = ${weightText(searchFusion.bm25_weight)})` : '');
+const wText = () => (searchFusion && isNum(searchFusion.itm_logit_weight) ? ` (w = ${weightText(searchFusion.itm_logit_weight)})` : '');
+
+/** Whether the server calibrated the ITM probability, or null when the page does not know. */
+function itmCalibrated() {
+  const c = searchFusion && searchFusion.calibration;
+  if (!c || !isNum(c.scale) || !isNum(c.bias)) return null;
+  return !(c.scale === 1 && c.bias === 0);
+}
+
 function searchScores(scores) {
   const itm = isNum(scores.itm) ? scores.itm : null;
   const fill = h('span');
@@ -337,11 +357,15 @@ function searchScores(scores) {
   fill.style.width = `${itm === null ? 0 : (itm * 100).toFixed(1)}%`;
   const bar = h('span', { class: 'match-bar', 'aria-hidden': 'true' }, fill);
   return h('p', { class: 'scores' },
-    scoreRow('match', pct(itm), 'ITM match probability (image–text matching head)'),
+    scoreRow('match', pct(itm), 'ITM match probability (image–text matching head, calibrated by the server); the relevance slider cuts on it'),
     bar,
     scoreRow('ITC', fmt(scores.itc, 3), 'ITC: cosine similarity of the query and the closest of the image’s 32 query vectors'),
-    scoreRow('BM25', isNum(scores.bm25) ? `${fmt(scores.bm25, 2)} ${rankText(scores.bm25_rank)}` : '—', 'BM25 keyword score over caption and file name, and its rank'),
-    scoreRow('fused', fmt(scores.fused, 4), 'Reciprocal-rank fusion of the ITC and BM25 ranks'));
+    scoreRow('BM25', isNum(scores.bm25) ? `${fmt(scores.bm25, 2)} ${rankText(scores.bm25_rank)}` : '—',
+      `BM25 keyword score over caption and file name, and its rank${isNum(scores.bm25_share) ? `; ${pct(scores.bm25_share)} of the query’s best BM25` : ''}`),
+    scoreRow('fused', fmt(scores.fused, 4), `First-stage score: ITC plus β × the BM25 share (this image’s BM25 over the query’s best, 0 without a word match)${betaText()}`),
+    isNum(scores.itm_logit)
+      ? scoreRow('score', fmt(scores.score, 4), `What ordered this re-ranked hit: the first-stage score plus w × the ITM logit${wText()}`)
+      : null);
 }
 
 function renderResults() {
@@ -351,8 +375,10 @@ function renderResults() {
   const cards = hits.map((hit, i) => {
     const li = imageCard(hit, i, searchScores, (hit2, button) => openDetail(hit2, button, { kind: 'search', index: i }));
     const s = hit.scores || {};
-    for (const key of ['itm', 'itc', 'fused', 'bm25', 'itc_rank', 'bm25_rank']) {
-      if (isNum(s[key])) li.dataset[key.replace('_r', 'R')] = String(s[key]);
+    // data-itm, data-itc, data-fused, data-score, data-bm25, data-bm25-share, data-itm-logit,
+    // data-itc-rank, data-bm25-rank: the raw scores, for tests and user scripts.
+    for (const key of ['itm', 'itc', 'fused', 'score', 'bm25', 'bm25_share', 'itm_logit', 'itc_rank', 'bm25_rank']) {
+      if (isNum(s[key])) li.dataset[key.replace(/_(.)/g, (_, c) => c.toUpperCase())] = String(s[key]);
     }
     return li;
   });
@@ -466,43 +492,73 @@ function submitSearch(extra = {}) {
 
 let detailSeq = 0;
 
+const scoreOf = (hit, key) => (hit.scores && isNum(hit.scores[key]) ? hit.scores[key] : -Infinity);
+const byDesc = (a, b, key) => (scoreOf(a, key) === scoreOf(b, key) ? 0 : scoreOf(b, key) - scoreOf(a, key));
+const byId = (a, b) => Number(a.id) - Number(b.id) || 0;
+
+/** The server's relevance order: re-ranked hits by score, then the rest by fused; ties by ITC, then id. */
+function byRelevance(a, b) {
+  const ra = isNum(a.scores && a.scores.itm);
+  const rb = isNum(b.scores && b.scores.itm);
+  if (ra !== rb) return ra ? -1 : 1;
+  return byDesc(a, b, ra ? 'score' : 'fused') || byDesc(a, b, 'itc') || byId(a, b);
+}
+
 function explainSearchHit(hit, index) {
   const { state, data } = view.search;
   const hits = data.hits;
   const s = hit.scores || {};
+  const rankBy = (list, compare) => list.slice().sort(compare).indexOf(hit) + 1 || null;
   const reranked = isNum(data.reranked) ? data.reranked : hits.filter((x) => x.scores && isNum(x.scores.itm)).length;
-  const byFused = hits.filter((x) => x.scores && isNum(x.scores.fused)).sort((a, b) => b.scores.fused - a.scores.fused);
-  const fusedRank = byFused.indexOf(hit) + 1 || null;
-  const withItm = hits.filter((x) => x.scores && isNum(x.scores.itm)).sort((a, b) => b.scores.itm - a.scores.itm);
-  const itmRank = isNum(s.itm) ? withItm.indexOf(hit) + 1 : null;
+  const fusedRank = isNum(s.fused) ? rankBy(hits.filter((x) => x.scores && isNum(x.scores.fused)), (a, b) => byDesc(a, b, 'fused') || byDesc(a, b, 'itc') || byId(a, b)) : null;
+  const withItm = hits.filter((x) => x.scores && isNum(x.scores.itm));
+  const itmRank = isNum(s.itm) ? rankBy(withItm, (a, b) => byDesc(a, b, 'itm') || byDesc(a, b, 'itc') || byId(a, b)) : null;
+  const relevanceRank = rankBy(hits, byRelevance);
+  const isReranked = isNum(s.itm);
 
   const signals = [];
   signals.push(isNum(s.itc_rank)
     ? `the image–text embeddings (ITC) ranked it ${ordinal(s.itc_rank)} with a similarity of ${fmt(s.itc, 3)}`
     : `it was not among the nearest images by embedding (ITC ${fmt(s.itc, 3)})`);
   signals.push(isNum(s.bm25_rank)
-    ? `keyword search (BM25) over captions and file names ranked it ${ordinal(s.bm25_rank)}`
+    ? `keyword search (BM25) over captions and file names ranked it ${ordinal(s.bm25_rank)}${isNum(s.bm25_share) ? `, with ${pct(s.bm25_share)} of the query’s best BM25 score` : ''}`
     : 'its caption and file name did not match the query words (no BM25 score)');
-  const fusedPart = `Reciprocal-rank fusion of those ranks gave ${fmt(s.fused, 4)}${fusedRank ? `, ${ordinal(fusedRank)} among these results` : ''}`;
+  const beta = searchFusion && isNum(searchFusion.bm25_weight) ? ` with β = ${weightText(searchFusion.bm25_weight)}${searchFusion.fitted ? '' : ' (the default; not fitted for these captions)'}` : '';
+  const share = isNum(s.bm25_rank) ? 'that BM25 share' : 'the BM25 share (0 here)';
+  const fusedPart = `Its first-stage score is the ITC similarity plus β × ${share}${beta}: ${fmt(s.fused, 4)}${fusedRank ? `, ${ordinal(fusedRank)} among these results` : ''}`;
 
   let finalPart;
   if (state.sort === 'date') {
-    finalPart = `These results are sorted by date taken, so it is shown ${ordinal(index + 1)}; its relevance is explained below.`;
-  } else if (isNum(s.itm)) {
-    finalPart = `The top ${reranked} fused candidates were re-ranked by the ITM head's match probability (ties broken by ITC); its ${pct(s.itm)} is the ${ordinal(itmRank)} highest, which puts it ${ordinal(index + 1)}.`;
+    finalPart = `These results are sorted by date taken, so it is shown ${ordinal(index + 1)}; by relevance it would be ${ordinal(relevanceRank)}, as explained below.`;
+  } else if (isReranked) {
+    const w = searchFusion && isNum(searchFusion.itm_logit_weight) ? searchFusion.itm_logit_weight : null;
+    const formula = w !== null && isNum(s.itm_logit)
+      ? `score = first stage + w × ITM logit = ${fmt(s.fused, 4)} + ${weightText(w)} × ${fmt(s.itm_logit, 3)} = ${fmt(s.score, 4)}`
+      : `score = first stage + w × ITM logit, where w weighs the ITM head against the first stage; its ITM logit of ${fmt(s.itm_logit, 3)} gives a score of ${fmt(s.score, 4)}`;
+    const calibrated = itmCalibrated();
+    const itmPlace = itmRank === 1 ? 'the highest here' : `the ${ordinal(itmRank)} highest here`;
+    const probability = calibrated === false
+      ? `Its match probability, ${pct(s.itm)} (${itmPlace}), is the ITM head's own probability (no calibration is fitted for this model), which the relevance slider cuts on`
+      : `Its match probability, ${pct(s.itm)} (${itmPlace}), is the ITM head's calibrated probability, which the relevance slider cuts on`;
+    finalPart = `The top ${reranked} first-stage candidates were re-ranked by the ITM head: each one's place comes from ${formula}, which puts it ${ordinal(index + 1)} (ties go to the higher ITC). ${probability}.`;
   } else if (reranked > 0) {
-    finalPart = `It was not among the top ${reranked} candidates re-ranked by ITM, so it follows them in order of its fused score, at ${ordinal(index + 1)}.`;
+    finalPart = `It was not among the top ${reranked} candidates re-ranked by ITM, so it follows them in order of its first-stage score, at ${ordinal(index + 1)}.`;
   } else {
-    finalPart = `Re-ranking was off for this search, so the fused score alone puts it ${ordinal(index + 1)}.`;
+    finalPart = `Re-ranking was off for this search, so the first-stage score alone puts it ${ordinal(index + 1)}.`;
   }
   const sentence = `For “${state.q}”, ${signals.join(', and ')}. ${fusedPart}. ${finalPart}`;
   const rows = [
     ['ITC similarity', fmt(s.itc, 4), rankText(s.itc_rank)],
     ['BM25 keyword score', fmt(s.bm25, 3), rankText(s.bm25_rank)],
-    ['Fused (RRF)', fmt(s.fused, 5), rankText(fusedRank)],
-    ['ITM match probability', pct(s.itm), rankText(itmRank)],
-    [state.sort === 'date' ? 'Position (by date)' : 'Final position', '', `#${index + 1} of ${hits.length}`],
+    ['BM25 share of the best', isNum(s.bm25) ? pct(s.bm25_share) : '—', ''],
+    ['First stage (ITC + β·BM25)', fmt(s.fused, 5), rankText(fusedRank)],
   ];
+  if (isNum(s.itm_logit)) rows.push(['ITM logit', fmt(s.itm_logit, 3), '']);
+  rows.push(
+    ['ITM match probability', pct(s.itm), rankText(itmRank)],
+    ['Score', fmt(s.score, 5), rankText(relevanceRank)],
+    [state.sort === 'date' ? 'Position (by date)' : 'Final position', '', `#${index + 1} of ${hits.length}`],
+  );
   return { sentence, rows };
 }
 
@@ -893,7 +949,26 @@ async function loadStats() {
     if (model.retrieval) parts.push(`retrieval model ${model.retrieval}`);
     parts.push(model.captioner ? `captioner ${model.captioner}` : 'no captioner');
     if (isNum(s.rerank_default)) parts.push(s.rerank_default > 0 ? `ITM re-ranks the top ${s.rerank_default}` : 'ITM re-ranking off');
+    const fusion = s.fusion && typeof s.fusion === 'object' ? s.fusion : null;
+    searchFusion = fusion;
+    if (fusion) {
+      const weights = `β ${weightText(fusion.bm25_weight)}, w ${weightText(fusion.itm_logit_weight)}`;
+      const src = typeof fusion.caption_source === 'string' ? fusion.caption_source : '';
+      const source = src === 'none' ? 'a store without captions' : src ? `${src} captions` : 'these captions';
+      parts.push(fusion.fitted
+        ? `search weights fitted for ${source} (${weights})`
+        : `search weights not fitted for ${source}: safe defaults (${weights})`);
+    }
+    const quality = s.caption_quality && typeof s.caption_quality === 'object' ? s.caption_quality : null;
+    if (quality && quality.uninformative === true) {
+      parts.push(`captions are uninformative: ${intText(quality.distinct)} of ${plural(quality.captions, 'caption')} distinct; search relies on the image embeddings`);
+    }
     footer.textContent = parts.join(' · ');
+    if (quality && quality.uninformative === true && typeof quality.most_common === 'string') {
+      footer.title = `Most common caption (${plural(quality.most_common_count, 'image')}): “${quality.most_common}”`;
+    } else {
+      footer.removeAttribute('title');
+    }
     if (isNum(s.images)) {
       welcomeImages = s.images;
       if (!view.search && $('image-results').hidden && !$('q').value) renderWelcome();

@@ -70,6 +70,9 @@ function readCards(selector = '#grid .card') {
     itm: c.dataset.itm === undefined ? null : Number(c.dataset.itm),
     itc: c.dataset.itc === undefined ? null : Number(c.dataset.itc),
     fused: c.dataset.fused === undefined ? null : Number(c.dataset.fused),
+    score: c.dataset.score === undefined ? null : Number(c.dataset.score),
+    itmLogit: c.dataset.itmLogit === undefined ? null : Number(c.dataset.itmLogit),
+    bm25Share: c.dataset.bm25Share === undefined ? null : Number(c.dataset.bm25Share),
     scoresText: c.querySelector('.scores') ? c.querySelector('.scores').textContent : '',
   })));
 }
@@ -125,12 +128,29 @@ test('the page loads with a search box, an empty state and store statistics', as
   const { body: stats } = await apiJson('/api/v1/stats');
   const footer = await page.locator('#stats-text').textContent();
   assert.ok(footer.includes(`${stats.images.toLocaleString('en')} image`), `the footer shows the image count ${stats.images}: "${footer}"`);
+  assert.equal(typeof stats.fusion, 'object', 'GET /stats reports the search fusion');
+  assert.equal(typeof stats.fusion.fitted, 'boolean', 'the fusion says whether it is fitted');
+  assert.match(footer, stats.fusion.fitted ? /search weights fitted/ : /search weights not fitted/, `the footer says whether the fusion is fitted: "${footer}"`);
+  const quality = stats.caption_quality;
+  assert.equal(typeof quality, 'object', 'GET /stats reports the caption quality');
+  if (quality.uninformative) {
+    const expected = `captions are uninformative: ${quality.distinct.toLocaleString('en')} of ${quality.captions.toLocaleString('en')} caption`;
+    assert.ok(footer.includes(expected), `the footer warns that the captions are uninformative ("${expected}"): "${footer}"`);
+  } else {
+    assert.ok(!footer.includes('uninformative'), `the footer raises no caption warning for varied captions: "${footer}"`);
+  }
+  fusion = stats.fusion;
   assert.ok(await page.locator('#empty-state .welcome').isVisible(), 'an empty page explains what to do');
   await shot('01-start');
   await assertAccessible('the start page');
 });
 
 let firstHits;
+// GET /api/v1/stats's `fusion`: { bm25_weight (β), itm_logit_weight (w), calibration, caption_source, fitted }.
+let fusion;
+
+/** Whether two scores the server computed in f32 agree. */
+const near = (a, b) => Math.abs(a - b) <= 1e-4 * Math.max(1, Math.abs(a), Math.abs(b));
 
 test('typing a query and pressing Enter shows ranked results with scores', async () => {
   await page.locator('#q').focus();
@@ -145,10 +165,27 @@ test('typing a query and pressing Enter shows ranked results with scores', async
   for (const c of cards) {
     assert.ok(Number.isFinite(c.itc), `card ${c.id} carries a numeric ITC score`);
     assert.ok(Number.isFinite(c.fused), `card ${c.id} carries a numeric fused score`);
+    assert.ok(Number.isFinite(c.score), `card ${c.id} carries a numeric score`);
+    assert.ok(Number.isFinite(c.bm25Share) && c.bm25Share >= 0 && c.bm25Share <= 1 + 1e-6, `card ${c.id} carries a BM25 share in [0, 1]: ${c.bm25Share}`);
     assert.match(c.scoresText, /ITC\s+-?\d+\.\d{3}/, `card ${c.id} shows its ITC score: "${c.scoresText}"`);
     assert.ok(c.scoresText.includes(c.itc.toFixed(3)), `card ${c.id} shows the ITC it carries`);
-    assert.match(c.scoresText, /fused\s+\d+\.\d{4}/, `card ${c.id} shows its fused score`);
-    if (c.itm !== null) assert.ok(c.scoresText.includes(`${(c.itm * 100).toFixed(1)}%`), `card ${c.id} shows its match probability`);
+    assert.match(c.scoresText, /fused\s+-?\d+\.\d{4}/, `card ${c.id} shows its fused score`);
+    assert.ok(c.scoresText.includes(c.fused.toFixed(4)), `card ${c.id} shows the fused score it carries`);
+    // The first stage is ITC + β × the BM25 share.
+    assert.ok(near(c.fused, c.itc + fusion.bm25_weight * c.bm25Share), `card ${c.id}: fused ${c.fused} = ITC ${c.itc} + ${fusion.bm25_weight} × ${c.bm25Share}`);
+    if (c.itm !== null) {
+      assert.ok(c.scoresText.includes(`${(c.itm * 100).toFixed(1)}%`), `card ${c.id} shows its match probability`);
+      assert.ok(Number.isFinite(c.itmLogit), `re-ranked card ${c.id} carries its ITM logit`);
+      assert.match(c.scoresText, /score\s+-?\d+\.\d{4}/, `re-ranked card ${c.id} shows its score: "${c.scoresText}"`);
+      assert.ok(c.scoresText.includes(c.score.toFixed(4)), `re-ranked card ${c.id} shows the score it carries`);
+      // A re-ranked hit's score is its first stage plus w × its ITM logit.
+      assert.ok(near(c.score, c.fused + fusion.itm_logit_weight * c.itmLogit),
+        `card ${c.id}: score ${c.score} = fused ${c.fused} + ${fusion.itm_logit_weight} × ITM logit ${c.itmLogit}`);
+    } else {
+      assert.equal(c.itmLogit, null, `card ${c.id} without a match probability has no ITM logit`);
+      assert.equal(c.score, c.fused, `card ${c.id} that was not re-ranked is ordered by its fused score`);
+      assert.doesNotMatch(c.scoresText, /score\s/, `card ${c.id} that was not re-ranked shows no separate score`);
+    }
   }
 
   // The page shows the API's hits in the API's order.
@@ -157,19 +194,25 @@ test('typing a query and pressing Enter shows ranked results with scores', async
   assert.deepEqual(cards.map((c) => c.id), body.hits.map((hit) => String(hit.id)), 'cards are the API hits, in order');
   firstHits = body.hits;
 
-  // Best first: re-ranked hits (with ITM) by match probability, ties by ITC; the rest by fused score.
+  // Best first: re-ranked hits (with ITM) by score (first stage + w × ITM logit), then the rest by
+  // fused (first-stage) score; ties by the higher ITC, then the lower id. Scores are f32 in the
+  // JSON, so equal scores are equal numbers here and the ties are checked exactly.
   const eps = 1e-6;
   const reranked = cards.filter((c) => c.itm !== null);
   const rest = cards.filter((c) => c.itm === null);
   assert.deepEqual(cards.slice(0, reranked.length), reranked, 're-ranked hits come first');
-  for (let i = 1; i < reranked.length; i += 1) {
-    const [a, b] = [reranked[i - 1], reranked[i]];
-    assert.ok(a.itm >= b.itm - eps, `ITM order at ${i}: ${a.itm} then ${b.itm}`);
-    if (Math.abs(a.itm - b.itm) <= eps) assert.ok(a.itc >= b.itc - eps, `ITC breaks the ITM tie at ${i}`);
-  }
-  for (let i = 1; i < rest.length; i += 1) {
-    assert.ok(rest[i - 1].fused >= rest[i].fused - eps, `fused order after the re-ranked hits at ${i}`);
-  }
+  const assertOrder = (list, key, what) => {
+    for (let i = 1; i < list.length; i += 1) {
+      const [a, b] = [list[i - 1], list[i]];
+      assert.ok(a[key] >= b[key] - eps, `${what} order at ${i}: ${a[key]} then ${b[key]}`);
+      if (a[key] === b[key]) {
+        assert.ok(a.itc >= b.itc, `ITC breaks the ${what} tie at ${i}: ${a.itc} then ${b.itc}`);
+        if (a.itc === b.itc) assert.ok(Number(a.id) < Number(b.id), `the lower id breaks the ${what} and ITC tie at ${i}`);
+      }
+    }
+  };
+  assertOrder(reranked, 'score', 're-ranked score');
+  assertOrder(rest, 'fused', 'fused (after the re-ranked hits)');
 
   await page.waitForFunction(() => /\d+ results? for/.test(document.getElementById('result-status').textContent));
   const status2 = await page.getByRole('status').filter({ hasText: /results? for/ }).textContent();
@@ -248,15 +291,32 @@ test('the detail dialog opens with the keyboard and explains the ranking', async
   assert.match(sentence, /ITC|embedding/, 'the explanation mentions the embedding (ITC) signal');
   assert.match(sentence, /BM25|keyword/, 'the explanation mentions the keyword (BM25) signal');
   assert.match(sentence, /1st/, 'the explanation gives its final position');
-  if (s.itm !== null && s.itm !== undefined) assert.match(sentence, /re-ranked by the ITM/, 'a re-ranked hit says ITM decided its place');
+  assert.match(sentence, /first-stage score is the ITC similarity plus β × (that|the) BM25 share/, 'the explanation describes the first stage');
+  assert.ok(!/reciprocal|RRF/i.test(sentence), `the explanation no longer speaks of reciprocal-rank fusion: "${sentence}"`);
+  if (s.itm !== null && s.itm !== undefined) {
+    assert.match(sentence, /re-ranked by the ITM/, 'a re-ranked hit says ITM decided its place');
+    assert.match(sentence, /score = first stage \+ w × ITM logit/, 'a re-ranked hit gives the formula of its score');
+    // The page has the stats, so it gives the numbers: first stage + w × logit = score.
+    assert.ok(sentence.includes(`${s.fused.toFixed(4)} + `) && sentence.includes(` × ${s.itm_logit.toFixed(3)} = ${s.score.toFixed(4)}`),
+      `a re-ranked hit shows its score's sum: "${sentence}"`);
+    assert.match(sentence, /calibrated probability|own probability/, 'a re-ranked hit says what its match probability is');
+  } else {
+    assert.match(sentence, /first-stage score/, 'a hit that was not re-ranked says the first stage placed it');
+  }
 
   const rows = await page.$$eval('#why-table tbody tr', (trs) => Object.fromEntries(trs.map((tr) => [tr.cells[0].textContent, [tr.cells[1].textContent, tr.cells[2].textContent]])));
   assert.equal(rows['ITC similarity'][0], s.itc.toFixed(4), 'ITC score in the table');
   assert.equal(rows['ITC similarity'][1], s.itc_rank == null ? '—' : `#${s.itc_rank}`, 'ITC rank in the table');
   assert.equal(rows['BM25 keyword score'][0], s.bm25 == null ? '—' : s.bm25.toFixed(3), 'BM25 score in the table');
   assert.equal(rows['BM25 keyword score'][1], s.bm25_rank == null ? '—' : `#${s.bm25_rank}`, 'BM25 rank in the table');
-  assert.equal(rows['Fused (RRF)'][0], s.fused.toFixed(5), 'fused score in the table');
+  assert.equal(rows['BM25 share of the best'][0], s.bm25 == null ? '—' : `${(s.bm25_share * 100).toFixed(1)}%`, 'BM25 share in the table');
+  assert.ok(!('Fused (RRF)' in rows), 'the table no longer has an RRF row');
+  assert.equal(rows['First stage (ITC + β·BM25)'][0], s.fused.toFixed(5), 'first-stage (fused) score in the table');
   assert.equal(rows['ITM match probability'][0], s.itm == null ? '—' : `${(s.itm * 100).toFixed(1)}%`, 'ITM probability in the table');
+  if (s.itm_logit == null) assert.ok(!('ITM logit' in rows), 'no ITM logit row for a hit that was not re-ranked');
+  else assert.equal(rows['ITM logit'][0], s.itm_logit.toFixed(3), 'ITM logit in the table');
+  assert.equal(rows.Score[0], s.score.toFixed(5), 'the score that ordered the hit, in the table');
+  assert.equal(rows.Score[1], '#1', 'the best hit has the best relevance rank');
   assert.match(rows['Final position'][1], /^#1 of \d+$/, 'final position in the table');
 
   const href = await page.locator('#detail-file').getAttribute('href');
