@@ -210,14 +210,10 @@ impl FittedFusion {
     /// Writes the file (pretty JSON), replacing it atomically so a folder never holds half of
     /// one.
     pub fn write(&self, path: &Path) -> Result<(), FusionError> {
-        let io = |source| FusionError::Io {
+        crate::json_file::write_pretty(path, self).map_err(|source| FusionError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let json = serde_json::to_string_pretty(self).expect("plain data serialises");
-        let partial = path.with_extension("json.partial");
-        fs::write(&partial, json + "\n").map_err(io)?;
-        fs::rename(&partial, path).map_err(io)
+        })
     }
 }
 

@@ -29,6 +29,7 @@ pub mod error;
 pub mod eval;
 pub mod indexing;
 pub mod itm_fusion;
+pub mod json_file;
 pub mod library;
 pub mod model;
 pub mod search;

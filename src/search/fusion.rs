@@ -325,14 +325,10 @@ impl SearchFusionFile {
 
     /// Writes the file (pretty JSON) atomically.
     pub fn write(&self, path: &Path) -> Result<(), FusionFileError> {
-        let io = |source| FusionFileError::Io {
+        crate::json_file::write_pretty(path, self).map_err(|source| FusionFileError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let json = serde_json::to_string_pretty(self).expect("plain data serialises");
-        let partial = path.with_extension("json.partial");
-        fs::write(&partial, json + "\n").map_err(io)?;
-        fs::rename(&partial, path).map_err(io)
+        })
     }
 }
 
