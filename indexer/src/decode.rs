@@ -1,7 +1,8 @@
 //! Decoding image files into RGB, as the models were trained to see them.
 //!
-//! The format is recognised from the content, not the file name. The EXIF orientation is applied
-//! (a phone photo taken upright is shown upright), and alpha is dropped rather than composited,
+//! The format is recognised from the content, not the file name. HEIC, AVIF and JPEG XL go to
+//! their own decoders ([`crate::codecs`]); the rest to the `image` crate. The EXIF orientation is
+//! applied (a phone photo taken upright is shown upright), and alpha is dropped rather than composited,
 //! as PIL's `convert("RGB")` does in LAVIS and transformers 4.x. The pixel count is checked from
 //! the header before anything is decoded, so a small file claiming a huge image (a
 //! decompression bomb) is refused without allocating it.
@@ -17,6 +18,8 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
+use crate::codecs::{self, CodecFailure};
+use crate::sniff::{sniff, ImageKind, Sniffed, SNIFF_LEN};
 use crate::PreprocessError;
 
 /// Bounds on what a decoder may allocate.
@@ -51,13 +54,33 @@ pub fn decode_bytes(
     path: &Path,
     limits: DecodeLimits,
 ) -> Result<RgbImage, PreprocessError> {
-    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        check_jpeg_complete(bytes).map_err(|reason| PreprocessError::Decode {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+    let codec = |result: Result<RgbImage, CodecFailure>| {
+        result.map_err(|failure| match failure {
+            CodecFailure::TooLarge { width, height } => PreprocessError::TooLarge {
+                path: path.to_path_buf(),
+                width,
+                height,
+                limit: limits.max_pixels,
+            },
+            CodecFailure::Corrupt(reason) => PreprocessError::Decode {
+                path: path.to_path_buf(),
+                reason,
+            },
+        })
+    };
+    match sniff(&bytes[..bytes.len().min(SNIFF_LEN)]) {
+        Sniffed::Image(ImageKind::Heic) => codec(codecs::heif::decode(bytes, "HEIC", limits)),
+        Sniffed::Image(ImageKind::Avif) => codec(codecs::heif::decode(bytes, "AVIF", limits)),
+        Sniffed::Image(ImageKind::JpegXl) => codec(codecs::jpegxl::decode(bytes, limits)),
+        Sniffed::Image(ImageKind::Jpeg) => {
+            check_jpeg_complete(bytes).map_err(|reason| PreprocessError::Decode {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+            decode_reader(Cursor::new(bytes), path, limits)
+        }
+        _ => decode_reader(Cursor::new(bytes), path, limits),
     }
-    decode_reader(Cursor::new(bytes), path, limits)
 }
 
 /// Walks a JPEG's marker segments and entropy-coded scans up to the end-of-image marker.

@@ -4,7 +4,7 @@
 //! ([`PreprocessSpec`]). An indexing run goes through its modules in this order:
 //!
 //! 1. [`walk_library`] lists the images under the given roots, recognised by content (JPEG, PNG,
-//!    WebP, GIF, BMP, TIFF; HEIC/AVIF/JPEG XL reported as unsupported), following symlinks
+//!    WebP, GIF, BMP, TIFF, HEIC, AVIF, JPEG XL), following symlinks
 //!    without loops, skipping hidden entries and `--exclude` globs, and reporting every file it
 //!    cannot use as a [`FileProblem`] without stopping.
 //! 2. [`plan_changes`] compares the walk with what the store knows ([`KnownFile`]) and says what
@@ -21,6 +21,7 @@
 //! evaluated with), and normalises into CHW f32 planes.
 
 mod changes;
+mod codecs;
 mod decode;
 mod hash;
 mod metadata;
@@ -44,7 +45,7 @@ pub use pipeline::{
     prepare_batches, PipelineError, PipelineOptions, Prepared, PreparedBatches, PreparedImage,
 };
 pub use resample::resize_bicubic;
-pub use sniff::{sniff, ImageKind, Sniffed, UnsupportedKind, SNIFF_LEN};
+pub use sniff::{sniff, ImageKind, Sniffed, SNIFF_LEN};
 pub use walk::{walk_library, FileProblem, FoundFile, Walk, WalkError, WalkOptions};
 
 use std::path::PathBuf;
@@ -80,14 +81,6 @@ pub enum PreprocessError {
         height: u32,
         /// The configured maximum number of pixels.
         limit: u64,
-    },
-    /// The content is an image format this build cannot decode (HEIC, AVIF, JPEG XL).
-    #[error("{path}: {reason}")]
-    Unsupported {
-        /// The image file.
-        path: PathBuf,
-        /// Which format, and what the user can do.
-        reason: String,
     },
     /// A preprocessing setting is unusable.
     #[error("invalid preprocessing settings: {0}")]

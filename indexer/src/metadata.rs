@@ -21,6 +21,9 @@ use std::io::{BufRead, BufReader, Cursor, Seek};
 use std::path::{Path, PathBuf};
 
 use exif::{In, Tag, Value};
+
+use crate::codecs::{self, CodecFailure, Facts};
+use crate::sniff::{sniff, ImageKind, Sniffed, SNIFF_LEN};
 use serde::{Deserialize, Serialize};
 
 /// Facts about one image, from its header and EXIF.
@@ -38,6 +41,16 @@ pub struct ImageInfo {
     pub camera_make: Option<String>,
     /// Camera model (EXIF `Model`), trimmed; `None` when absent or blank.
     pub camera_model: Option<String>,
+}
+
+impl ImageInfo {
+    fn with_size(self, width: u32, height: u32) -> Self {
+        Self {
+            width,
+            height,
+            ..self
+        }
+    }
 }
 
 /// A capture time (see the module docs for the time-zone rule).
@@ -74,17 +87,72 @@ pub enum MetadataError {
 
 /// Reads an image file's facts from its header and EXIF, without decoding the pixels (only the
 /// first part of the file is read).
+///
+/// HEIC, AVIF and JPEG XL files are read whole: their decoders parse the container from memory.
 pub fn read_image_info(path: &Path) -> Result<ImageInfo, MetadataError> {
-    let file = std::fs::File::open(path).map_err(|source| MetadataError::Io {
+    let io = |source| MetadataError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    image_info_from_reader(BufReader::new(file), path)
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut reader = BufReader::new(file);
+    let head = reader.fill_buf().map_err(io)?;
+    if container_kind(head).is_some() {
+        return image_info_from_bytes(&std::fs::read(path).map_err(io)?, path);
+    }
+    image_info_from_reader(reader, path)
 }
 
 /// Reads the facts of an image already in memory (`path` only names it in errors).
 pub fn image_info_from_bytes(bytes: &[u8], path: &Path) -> Result<ImageInfo, MetadataError> {
+    if let Some(kind) = container_kind(bytes) {
+        let facts = codec_facts(bytes, kind).map_err(|failure| MetadataError::NotAnImage {
+            path: path.to_path_buf(),
+            reason: match failure {
+                CodecFailure::Corrupt(reason) => reason,
+                CodecFailure::TooLarge { width, height } => format!("{width}x{height} pixels"),
+            },
+        })?;
+        return Ok(info_from_codec(facts));
+    }
     image_info_from_reader(Cursor::new(bytes), path)
+}
+
+/// The formats whose container carries its own geometry and is read by [`crate::codecs`].
+fn container_kind(head: &[u8]) -> Option<ImageKind> {
+    match sniff(&head[..head.len().min(SNIFF_LEN)]) {
+        Sniffed::Image(kind @ (ImageKind::Heic | ImageKind::Avif | ImageKind::JpegXl)) => {
+            Some(kind)
+        }
+        _ => None,
+    }
+}
+
+fn codec_facts(bytes: &[u8], kind: ImageKind) -> Result<Facts, CodecFailure> {
+    match kind {
+        ImageKind::Heic => codecs::heif::facts(bytes, "HEIC"),
+        ImageKind::Avif => codecs::heif::facts(bytes, "AVIF"),
+        _ => codecs::jpegxl::facts(bytes),
+    }
+}
+
+/// Facts of a HEIF or JPEG XL image: its size is already as displayed and its EXIF
+/// orientation is not applied (the container's own transformations are), so it reads 1.
+fn info_from_codec(facts: Facts) -> ImageInfo {
+    let exif = facts.exif_tiff.and_then(|tiff| {
+        let mut reader = exif::Reader::new();
+        reader.continue_on_error(true);
+        match reader.read_raw(tiff) {
+            Ok(exif) => Some(exif),
+            Err(exif::Error::PartialResult(partial)) => Some(partial.into_inner().0),
+            Err(_) => None,
+        }
+    });
+    ImageInfo {
+        orientation: 1,
+        ..info_with_stored_size(exif.as_ref(), facts.width, facts.height)
+    }
+    .with_size(facts.width, facts.height)
 }
 
 fn image_info_from_reader<R: BufRead + Seek>(
@@ -131,6 +199,20 @@ fn info_with_stored_size(exif: Option<&exif::Exif>, width: u32, height: u32) -> 
 /// Facts for an image whose pixels were decoded with the orientation already applied
 /// (`width`×`height` as displayed): what the pipeline knows after decoding.
 pub(crate) fn info_with_displayed_size(bytes: &[u8], width: u32, height: u32) -> ImageInfo {
+    if let Some(kind) = container_kind(bytes) {
+        return match codec_facts(bytes, kind) {
+            Ok(facts) => info_from_codec(facts),
+            Err(_) => ImageInfo {
+                width,
+                height,
+                orientation: 1,
+                captured_at: None,
+                camera_make: None,
+                camera_model: None,
+            },
+        }
+        .with_size(width, height);
+    }
     let exif = read_exif(&mut Cursor::new(bytes));
     ImageInfo {
         width,

@@ -310,12 +310,6 @@ fn prepare_one<T>(path: &Path, shared: &Shared<T>) -> Result<PreparedImage, Prep
     let content_hash = ContentHash::of_bytes(&bytes);
     match sniff(&bytes[..bytes.len().min(SNIFF_LEN)]) {
         Sniffed::Image(_) => {}
-        Sniffed::Unsupported(kind) => {
-            return Err(PreprocessError::Unsupported {
-                path: path.to_path_buf(),
-                reason: kind.reason(),
-            })
-        }
         Sniffed::NotImage => {
             return Err(PreprocessError::Decode {
                 path: path.to_path_buf(),
@@ -555,10 +549,12 @@ mod tests {
                 ..
             }
         ));
-        assert!(matches!(
-            err("phone.heic"),
-            PreprocessError::Unsupported { .. }
-        ));
+        assert!(
+            matches!(err("phone.heic"), PreprocessError::Decode { .. })
+                && err("phone.heic").to_string().contains("HEIC"),
+            "a HEIC header without an image is damaged: {}",
+            err("phone.heic")
+        );
         assert!(matches!(err("absent.png"), PreprocessError::Io { .. }));
     }
 

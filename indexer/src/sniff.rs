@@ -5,9 +5,8 @@
 //! and the pipeline decide what a file is from its magic bytes, so a renamed image is still
 //! indexed and a fake one is reported instead of being silently decoded as something else.
 //!
-//! HEIC and AVIF (phone photos) are recognised so that they can be reported with a clear
-//! reason: no maintained pure-Rust decoder for them is in the dependency tree, and a report
-//! ("convert it to JPEG") is more useful than a silent skip.
+//! HEIC and AVIF are told apart by the brands of their `ftyp` box (both are HEIF containers);
+//! JPEG XL by its codestream or container signature.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +28,12 @@ pub enum ImageKind {
     Bmp,
     /// TIFF and BigTIFF.
     Tiff,
+    /// HEIF with HEVC coding (iPhone photos since iOS 11).
+    Heic,
+    /// AV1 Image File Format.
+    Avif,
+    /// JPEG XL, bare codestream or container.
+    JpegXl,
 }
 
 impl ImageKind {
@@ -41,6 +46,9 @@ impl ImageKind {
             ImageKind::Gif => "gif",
             ImageKind::Bmp => "bmp",
             ImageKind::Tiff => "tiff",
+            ImageKind::Heic => "heic",
+            ImageKind::Avif => "avif",
+            ImageKind::JpegXl => "jxl",
         }
     }
 }
@@ -51,45 +59,11 @@ impl std::fmt::Display for ImageKind {
     }
 }
 
-/// An image format that is recognised but cannot be decoded by this build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UnsupportedKind {
-    /// HEIF with HEVC coding (iPhone photos since iOS 11).
-    Heic,
-    /// AV1 Image File Format.
-    Avif,
-    /// JPEG XL.
-    JpegXl,
-}
-
-impl UnsupportedKind {
-    /// A short name of the format.
-    pub fn name(self) -> &'static str {
-        match self {
-            UnsupportedKind::Heic => "HEIC",
-            UnsupportedKind::Avif => "AVIF",
-            UnsupportedKind::JpegXl => "JPEG XL",
-        }
-    }
-
-    /// Why the format is refused and what the user can do, for problem reports.
-    pub fn reason(self) -> String {
-        format!(
-            "{} image: not supported (no maintained pure-Rust {} decoder is built in); \
-             convert it to JPEG or PNG to index it",
-            self.name(),
-            self.name()
-        )
-    }
-}
-
 /// What the first bytes of a file say it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sniffed {
     /// A decodable image.
     Image(ImageKind),
-    /// An image in a format this build cannot decode.
-    Unsupported(UnsupportedKind),
     /// Not an image (or too short to be one).
     NotImage,
 }
@@ -117,10 +91,10 @@ pub fn sniff(head: &[u8]) -> Sniffed {
         return Sniffed::Image(Bmp);
     }
     if starts(&[0xFF, 0x0A]) || starts(b"\0\0\0\x0CJXL \r\n\x87\n") {
-        return Sniffed::Unsupported(UnsupportedKind::JpegXl);
+        return Sniffed::Image(JpegXl);
     }
     if let Some(kind) = isobmff_image(head) {
-        return Sniffed::Unsupported(kind);
+        return Sniffed::Image(kind);
     }
     Sniffed::NotImage
 }
@@ -135,7 +109,7 @@ fn is_bmp(head: &[u8]) -> bool {
 }
 
 /// HEIF-family files start with an `ftyp` box: a major brand and a list of compatible brands.
-fn isobmff_image(head: &[u8]) -> Option<UnsupportedKind> {
+fn isobmff_image(head: &[u8]) -> Option<ImageKind> {
     if head.len() < 12 || &head[4..8] != b"ftyp" {
         return None;
     }
@@ -150,14 +124,14 @@ fn isobmff_image(head: &[u8]) -> Option<UnsupportedKind> {
     let mut heif = false;
     for brand in &mut brands {
         match brand {
-            b"avif" | b"avis" => return Some(UnsupportedKind::Avif),
+            b"avif" | b"avis" => return Some(ImageKind::Avif),
             b"heic" | b"heix" | b"hevc" | b"hevx" | b"heim" | b"heis" | b"mif1" | b"msf1" => {
                 heif = true
             }
             _ => {}
         }
     }
-    heif.then_some(UnsupportedKind::Heic)
+    heif.then_some(ImageKind::Heic)
 }
 
 #[cfg(test)]
@@ -186,15 +160,22 @@ mod tests {
     }
 
     #[test]
-    fn heic_and_avif_are_recognised_as_unsupported() {
+    fn heic_avif_and_jpeg_xl_are_told_apart_by_their_headers() {
         let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic";
-        assert_eq!(sniff(heic), Sniffed::Unsupported(UnsupportedKind::Heic));
+        assert_eq!(sniff(heic), Sniffed::Image(ImageKind::Heic));
         // AVIF often has major brand mif1 with avif among the compatible brands.
         let avif = b"\0\0\0\x1cftypmif1\0\0\0\0mif1avifmiaf";
-        assert_eq!(sniff(avif), Sniffed::Unsupported(UnsupportedKind::Avif));
+        assert_eq!(sniff(avif), Sniffed::Image(ImageKind::Avif));
         let mp4 = b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2";
         assert_eq!(sniff(mp4), Sniffed::NotImage, "a video is not an image");
-        assert!(UnsupportedKind::Heic.reason().contains("HEIC"));
+        assert_eq!(
+            sniff(&[0xFF, 0x0A, 0xFA]),
+            Sniffed::Image(ImageKind::JpegXl)
+        );
+        assert_eq!(
+            sniff(b"\0\0\0\x0cJXL \r\n\x87\n\0\0\0\x14ftypjxl "),
+            Sniffed::Image(ImageKind::JpegXl)
+        );
     }
 
     #[test]
