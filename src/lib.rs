@@ -17,7 +17,8 @@
 //!    search exactly as transformers does. The ViT trunk is shared with the retrieval model
 //!    when both checkpoints carry the same one ([`model::shared_vision`]).
 //!
-//! Without a downloaded checkpoint, [`demo_models`] supplies small built-in models (unpacked
+//! `--model Salesforce/blip2-itm-vit-g` finds the model in the Hugging Face cache or downloads it
+//! ([`hub`]). Without a downloaded checkpoint, [`demo_models`] supplies small built-in models (unpacked
 //! into [`cache_dir::cache_dir`]) that every command uses by default.
 
 pub mod ann;
@@ -27,6 +28,7 @@ pub mod demo_models;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod hub;
 pub mod indexing;
 pub mod itm_fusion;
 pub mod json_file;

@@ -12,8 +12,8 @@ use super::model_args::{caption_dir, pixel_batch, Precision};
 /// Arguments of `caption`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Captioning model folder as downloaded from the hub (e.g. Salesforce/blip2-opt-2.7b)
-    /// [default: the built-in demo captioner].
+    /// Captioning model: a folder, or a hub name (e.g. Salesforce/blip2-opt-2.7b[@revision])
+    /// found in the Hugging Face cache or downloaded [default: the built-in demo captioner].
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// One JSON object per line: {"path": ..., "caption": ..., "token_ids": [...]}.

@@ -22,7 +22,7 @@ pub struct Args {
     /// A `quarry synth --out` folder (annotations.json with scene facts, images/).
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
-    /// Captioning model folder [default: the built-in demo captioner].
+    /// Captioning model, a folder or hub name [default: the built-in demo captioner].
     #[arg(long, value_name = "DIR")]
     caption_model: Option<PathBuf>,
     /// Images per model batch.

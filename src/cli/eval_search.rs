@@ -23,7 +23,8 @@ pub struct Args {
     /// Store folder, indexed from the annotation's images.
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
-    /// Retrieval model folder the store was indexed with [default: the built-in demo model].
+    /// Retrieval model (folder or hub name) the store was indexed with [default: the built-in
+    /// demo model].
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// LAVIS-format annotation file (`quarry synth` writes one).

@@ -25,11 +25,11 @@ pub struct Args {
     /// Store folder (created if missing).
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
-    /// Retrieval model folder as downloaded from the hub (e.g. Salesforce/blip2-itm-vit-g)
-    /// [default: the built-in demo model].
+    /// Retrieval model: a folder, or a hub name (e.g. Salesforce/blip2-itm-vit-g[@revision])
+    /// found in the Hugging Face cache or downloaded [default: the built-in demo model].
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
-    /// Captioning model folder (e.g. Salesforce/blip2-opt-2.7b): captions every image for
+    /// Captioning model, a folder or hub name (e.g. Salesforce/blip2-opt-2.7b): captions every image for
     /// word search and image → text [default: none; the built-in demo captioner when
     /// --model is not given either].
     #[arg(long, value_name = "DIR")]

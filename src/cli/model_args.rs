@@ -36,8 +36,8 @@ impl From<Precision> for DType {
 /// `--model`, `--device`, `--vision-dtype`.
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
-    /// Model folder as downloaded from the hub (e.g. Salesforce/blip2-itm-vit-g)
-    /// [default: the built-in demo model].
+    /// Model folder, or a hub name (e.g. Salesforce/blip2-itm-vit-g, name@revision) found in
+    /// the Hugging Face cache or downloaded [default: the built-in demo model].
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Where the model runs: cpu, cuda or cuda:N.
@@ -113,10 +113,19 @@ pub fn pixel_batch(
 const REAL_RETRIEVAL: &str = "Salesforce/blip2-itm-vit-g";
 const REAL_CAPTIONER: &str = "Salesforce/blip2-opt-2.7b";
 
+/// A `--model`/`--caption-model` value: a folder, or a hub name resolved through the Hugging
+/// Face cache and downloaded when missing ([`quarry::hub`]).
+pub fn model_folder(given: &Path) -> Result<PathBuf> {
+    Ok(quarry::hub::resolve_model_folder(
+        given,
+        &quarry::hub::HubSettings::from_env(),
+    )?)
+}
+
 /// The retrieval model folder: the given one, or the demo model with a note on stderr.
 pub fn retrieval_dir(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = given {
-        return Ok(dir.to_path_buf());
+        return model_folder(dir);
     }
     let dir = demo_retrieval_dir()?;
     eprintln!(
@@ -131,7 +140,7 @@ pub fn retrieval_dir(given: Option<&Path>) -> Result<PathBuf> {
 /// naming `flag`, the command's flag for it.
 pub fn caption_dir(given: Option<&Path>, flag: &str) -> Result<PathBuf> {
     if let Some(dir) = given {
-        return Ok(dir.to_path_buf());
+        return model_folder(dir);
     }
     let dir = demo_captioner_dir()?;
     eprintln!(
@@ -178,7 +187,7 @@ pub fn store_models(model: Option<&Path>, caption_model: Option<&Path>) -> Resul
             let retrieval = retrieval_dir(model)?;
             Ok(StoreModels {
                 retrieval,
-                caption: caption.map(Path::to_path_buf),
+                caption: caption.map(model_folder).transpose()?,
                 retrieval_by_default: model.is_none(),
             })
         }

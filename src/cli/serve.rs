@@ -21,11 +21,11 @@ pub struct Args {
     /// Store folder (created if missing).
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
-    /// Retrieval model folder (the one the store was indexed with) [default: the built-in
-    /// demo model].
+    /// Retrieval model, a folder or hub name (the one the store was indexed with) [default:
+    /// the built-in demo model].
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
-    /// Captioning model folder, used by indexing jobs started from the server [default: none;
+    /// Captioning model, a folder or hub name, used by indexing jobs started from the server [default: none;
     /// the built-in demo captioner when --model is not given either].
     #[arg(long, value_name = "DIR")]
     caption_model: Option<PathBuf>,

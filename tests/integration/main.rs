@@ -6,6 +6,7 @@ mod demo;
 mod demo_quality;
 mod eval;
 mod folder_errors;
+mod hub;
 mod indexing;
 mod parity;
 mod serve;
