@@ -41,6 +41,7 @@ pub mod synth;
 pub mod text;
 pub mod tokenize;
 pub mod train;
+pub mod watch;
 
 pub use checkpoint::{CaptionFolder, LoadOptions, RetrievalFolder};
 pub use error::{Error, Result};

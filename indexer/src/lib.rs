@@ -46,7 +46,9 @@ pub use pipeline::{
 };
 pub use resample::resize_bicubic;
 pub use sniff::{sniff, ImageKind, Sniffed, SNIFF_LEN};
-pub use walk::{walk_library, FileProblem, FoundFile, Walk, WalkError, WalkOptions};
+pub use walk::{
+    is_image_candidate, walk_library, FileProblem, FoundFile, Walk, WalkError, WalkOptions,
+};
 
 use std::path::PathBuf;
 

@@ -346,6 +346,15 @@ fn classify(c: Candidate) -> Classified {
     }
 }
 
+/// Whether a file would be indexed, or reported, by a walk of its folder: its name claims an
+/// image format or its content is one. A watcher names changed files one by one, and a file
+/// named explicitly is reported when it is not an image; this keeps a `notes.txt` saved into
+/// a watched library silent, as a walk would.
+pub fn is_image_candidate(path: &Path) -> bool {
+    claims_image(path)
+        || read_head(path).is_ok_and(|head| matches!(sniff(&head), Sniffed::Image(_)))
+}
+
 fn claims_image(path: &Path) -> bool {
     path.extension()
         .and_then(OsStr::to_str)

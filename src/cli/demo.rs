@@ -100,6 +100,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         &mut library,
         &models,
         &[scenes.join("images")],
+        None,
         &IndexOptions::default(),
         &store,
         args.json,
@@ -130,7 +131,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "or drop one of the scenes ({}) on the page to find similar ones. Ctrl-C stops.\n",
         scenes.join("images").display()
     );
-    serve(library, models, &device, args.server, &store, &retrieval)?;
+    serve(
+        library,
+        models,
+        &device,
+        args.server,
+        &store,
+        &retrieval,
+        None,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

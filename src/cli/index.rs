@@ -8,10 +8,11 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use quarry::indexer::WalkOptions;
 use quarry::indexing::{
-    index_paths, model_identity, CaptionSettings, ImportedCaptions, IndexEvent, IndexModels,
-    IndexOptions, IndexSummary,
+    index_paths, index_watch_batch, model_identity, CaptionSettings, ImportedCaptions, IndexEvent,
+    IndexModels, IndexOptions, IndexSummary,
 };
 use quarry::library::Library;
+use quarry::watch::{FolderWatcher, WatchBatch, WatchTiming};
 use quarry::LoadOptions;
 
 use super::model_args::{open_library, retrieval_dir, store_models, Precision, StoreModels};
@@ -67,6 +68,11 @@ pub struct Args {
     /// One JSON object per committed batch ({"event": "batch", ...}), then a summary object.
     #[arg(long)]
     json: bool,
+    /// After indexing, keep following the folders: new, changed, moved and deleted photos are
+    /// indexed as they land (a file is taken once it stops growing). Ctrl-C stops; everything
+    /// reported as indexed is kept.
+    #[arg(long)]
+    watch: bool,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -121,24 +127,77 @@ pub fn run(args: Args) -> Result<ExitCode> {
         batch_size: args.batch,
         ..IndexOptions::default()
     };
+    // Watching starts before the first walk, so nothing that lands during it is missed.
+    let mut watcher = if args.watch {
+        Some(FolderWatcher::new(&args.paths, WatchTiming::default())?)
+    } else {
+        None
+    };
     index_and_report(
         &mut library,
         &models,
         &args.paths,
+        None,
         &index_options,
         &args.store,
         args.json,
     )?;
+    let Some(watcher) = watcher.as_mut() else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    eprintln!(
+        "watching {} for changes (Ctrl-C stops; everything reported as indexed is kept)",
+        args.paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut pending_rescan = false;
+    while let Some(batch) = if pending_rescan {
+        Some(WatchBatch::Rescan)
+    } else {
+        watcher.next_batch(&|| false)
+    } {
+        pending_rescan = false;
+        if args.json {
+            let line = match &batch {
+                WatchBatch::Changed(paths) => {
+                    serde_json::json!({"event": "watch", "changed": paths})
+                }
+                WatchBatch::Rescan => serde_json::json!({"event": "watch", "rescan": true}),
+            };
+            println!("{line}");
+        }
+        let result = index_and_report(
+            &mut library,
+            &models,
+            &args.paths,
+            Some(&batch),
+            &index_options,
+            &args.store,
+            args.json,
+        );
+        if let Err(e) = result {
+            // A failed batch (a full disk, a store error) loses nothing acknowledged; what it
+            // did not finish is found again by a full walk once things recover.
+            eprintln!("error: {e:#}; walking the folders again in 10 s");
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            pending_rescan = true;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Indexes `paths` with a progress bar on stderr (hidden with `json`), then prints what
-/// `quarry index` prints: with `json` one line per committed batch and a summary object,
-/// otherwise two readable lines. Shared with `quarry demo`.
+/// Indexes `paths` (or, with `watched`, one watcher batch over them) with a progress bar on
+/// stderr (hidden with `json`), then prints what `quarry index` prints: with `json` one line
+/// per committed batch and a summary object, otherwise two readable lines. Shared with
+/// `quarry demo`.
 pub(super) fn index_and_report(
     library: &mut Library,
     models: &IndexModels,
     paths: &[PathBuf],
+    watched: Option<&WatchBatch>,
     index_options: &IndexOptions,
     store: &Path,
     json: bool,
@@ -191,14 +250,25 @@ pub(super) fn index_and_report(
             }
         }
     };
-    let summary = index_paths(
-        library,
-        models,
-        paths,
-        index_options,
-        keep_features,
-        &mut on_event,
-    )?;
+    let summary = match watched {
+        None => index_paths(
+            library,
+            models,
+            paths,
+            index_options,
+            keep_features,
+            &mut on_event,
+        )?,
+        Some(batch) => index_watch_batch(
+            library,
+            models,
+            paths,
+            batch,
+            index_options,
+            keep_features,
+            &mut on_event,
+        )?,
+    };
     bar.finish_and_clear();
     if let Some(e) = write_error {
         return Err(e).context("writing progress to stdout");

@@ -99,6 +99,8 @@ pub fn run() -> ExitCode {
                     .is_some_and(|e| !e.is_user_error())
                 || e.downcast_ref::<quarry::hub::HubError>()
                     .is_some_and(|e| !e.is_user_error())
+                || e.downcast_ref::<quarry::watch::WatchError>()
+                    .is_some_and(|e| !e.is_user_error())
                 || e.downcast_ref::<quarry::train::TrainError>()
                     .is_some_and(|e| matches!(e, quarry::train::TrainError::Candle(_)));
             ExitCode::from(if internal { 2 } else { 1 })

@@ -10,7 +10,8 @@ use candle_core::Device;
 use quarry::indexing::{model_identity, CaptionSettings, IndexModels};
 use quarry::library::Library;
 use quarry::search::{SearchFusion, SearchSettings};
-use quarry::server::{AppState, Limits, ServerConfig};
+use quarry::server::{AppState, JobState, Limits, ServerConfig};
+use quarry::watch::{FolderWatcher, WatchBatch, WatchTiming};
 use quarry::LoadOptions;
 
 use super::model_args::{open_library, store_models, Precision};
@@ -29,6 +30,10 @@ pub struct Args {
     /// the built-in demo captioner when --model is not given either].
     #[arg(long, value_name = "DIR")]
     caption_model: Option<PathBuf>,
+    /// A folder to keep indexed (repeatable): walked at start, then new, changed, moved and
+    /// deleted photos are indexed as they land, shown in the page's progress banner.
+    #[arg(long, value_name = "DIR")]
+    watch: Vec<PathBuf>,
     #[command(flatten)]
     server: ServerFlags,
     /// Where the models run: cpu, cuda or cuda:N.
@@ -111,6 +116,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
     )
     .context("loading the models")?;
     let library = open_library(&args.store, &model_identity(&models), &dirs)?;
+    let watcher = if args.watch.is_empty() {
+        None
+    } else {
+        Some(FolderWatcher::new(&args.watch, WatchTiming::default())?)
+    };
+    let roots = args
+        .watch
+        .iter()
+        .map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()))
+        .collect();
+    let watch = watcher.map(|w| (w, roots));
     serve(
         library,
         models,
@@ -118,8 +134,41 @@ pub fn run(args: Args) -> Result<ExitCode> {
         args.server,
         &args.store,
         &dirs.retrieval,
+        watch,
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Follows watched folders on a thread of its own: a full walk first (what changed while the
+/// server was down), then each settled batch of changes, as indexing jobs of origin `watch`.
+fn follow_watched(state: &AppState, mut watcher: FolderWatcher, roots: Vec<PathBuf>) -> Result<()> {
+    let library = state.library.clone();
+    let models = state.models.clone();
+    let jobs = state.jobs.clone();
+    jobs.set_watching(roots.clone());
+    eprintln!(
+        "watching {} for changes",
+        roots
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    std::thread::Builder::new()
+        .name("watch".into())
+        .spawn(move || {
+            jobs.run_watched(&library, &models, &roots, &WatchBatch::Rescan);
+            while let Some(batch) = watcher.next_batch(&|| false) {
+                jobs.run_watched(&library, &models, &roots, &batch);
+                if jobs.status().state == JobState::Failed {
+                    // Found again by a full walk once the cause (a full disk) is gone.
+                    std::thread::sleep(Duration::from_secs(10));
+                    jobs.run_watched(&library, &models, &roots, &WatchBatch::Rescan);
+                }
+            }
+        })
+        .context("starting the folder watcher")?;
+    Ok(())
 }
 
 /// Serves `library` until Ctrl-C or SIGTERM, as `quarry serve` does. Shared with `quarry demo`.
@@ -132,6 +181,7 @@ pub(super) fn serve(
     flags: ServerFlags,
     store: &Path,
     retrieval_folder: &Path,
+    watch: Option<(FolderWatcher, Vec<PathBuf>)>,
 ) -> Result<()> {
     let mut search = SearchSettings::for_device(device);
     search.fusion = SearchFusion::for_store(retrieval_folder, library.store().model())?;
@@ -170,6 +220,9 @@ pub(super) fn serve(
         );
     }
     let state = AppState::new(library, models, &config);
+    if let Some((watcher, roots)) = watch {
+        follow_watched(&state, watcher, roots)?;
+    }
     eprintln!(
         "quarry serving {} on http://{}/",
         store.display(),

@@ -7,6 +7,6 @@ pub mod run;
 pub use imported_captions::ImportedCaptions;
 pub use models::{model_identity, CaptionSettings, ImageAnalysis, IndexModels};
 pub use run::{
-    index_paths, FailedFile, IndexError, IndexEvent, IndexOptions, IndexSummary, IndexTarget,
-    PlanSummary,
+    index_changes, index_paths, index_watch_batch, FailedFile, IndexError, IndexEvent,
+    IndexOptions, IndexSummary, IndexTarget, PlanSummary,
 };

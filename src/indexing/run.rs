@@ -224,12 +224,107 @@ pub fn index_paths(
     keep_features: bool,
     on_event: &mut dyn FnMut(IndexEvent<'_>),
 ) -> Result<IndexSummary, IndexError> {
+    index_scope(
+        library,
+        models,
+        roots,
+        roots,
+        options,
+        keep_features,
+        on_event,
+    )
+}
+
+/// Indexes what a watcher saw change ([`crate::watch`]): `changed` files and folders, present
+/// or gone. Only those are walked and only the records under them compared, so a photo copied
+/// into a large library costs one file, a folder moved within it is recognised as a move (its
+/// old and new paths are in one call), and a deleted one leaves search. Changed files that are
+/// not images (a `notes.txt`, a browser's `.crdownload`) are skipped silently, as a walk of
+/// their folder would skip them.
+pub fn index_changes(
+    library: &mut impl IndexTarget,
+    models: &IndexModels,
+    changed: &[PathBuf],
+    options: &IndexOptions,
+    keep_features: bool,
+    on_event: &mut dyn FnMut(IndexEvent<'_>),
+) -> Result<IndexSummary, IndexError> {
+    let mut scope: Vec<PathBuf> = changed
+        .iter()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    scope.sort();
+    scope.dedup();
+    // A path inside another changed folder is covered by that folder's walk.
+    let outer: Vec<PathBuf> = scope
+        .iter()
+        .filter(|p| !scope.iter().any(|o| o != *p && p.starts_with(o)))
+        .cloned()
+        .collect();
+    let walk_roots: Vec<PathBuf> = outer
+        .iter()
+        .filter(|p| p.is_dir() || (p.is_file() && crate::indexer::is_image_candidate(p)))
+        .cloned()
+        .collect();
+    index_scope(
+        library,
+        models,
+        &walk_roots,
+        &outer,
+        options,
+        keep_features,
+        on_event,
+    )
+}
+
+/// Indexes one batch of a [`FolderWatcher`](crate::watch::FolderWatcher) over `roots`: the
+/// changed paths, or every root again after lost events. A path that vanishes between the
+/// watcher's report and the walk (a temporary file renamed away) is simply gone: the batch is
+/// retried once without it.
+pub fn index_watch_batch(
+    library: &mut impl IndexTarget,
+    models: &IndexModels,
+    roots: &[PathBuf],
+    batch: &crate::watch::WatchBatch,
+    options: &IndexOptions,
+    keep_features: bool,
+    on_event: &mut dyn FnMut(IndexEvent<'_>),
+) -> Result<IndexSummary, IndexError> {
+    match batch {
+        crate::watch::WatchBatch::Rescan => {
+            index_paths(library, models, roots, options, keep_features, on_event)
+        }
+        crate::watch::WatchBatch::Changed(paths) => {
+            match index_changes(library, models, paths, options, keep_features, on_event) {
+                Err(IndexError::Walk(WalkError::MissingRoot { .. })) => {
+                    index_changes(library, models, paths, options, keep_features, on_event)
+                }
+                other => other,
+            }
+        }
+    }
+}
+
+/// Walks `walk_roots` and compares what it finds with the records under `scope` (which
+/// includes the walk roots and may name paths that no longer exist).
+fn index_scope(
+    library: &mut impl IndexTarget,
+    models: &IndexModels,
+    walk_roots: &[PathBuf],
+    scope: &[PathBuf],
+    options: &IndexOptions,
+    keep_features: bool,
+    on_event: &mut dyn FnMut(IndexEvent<'_>),
+) -> Result<IndexSummary, IndexError> {
     let started = Instant::now();
-    let walk = walk_library(roots, &options.walk)?;
-    let roots: Vec<PathBuf> = roots
+    let mut walk = walk_library(walk_roots, &options.walk)?;
+    let roots: Vec<PathBuf> = scope
         .iter()
         .map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()))
         .collect();
+    // The plan compares known files under the walk's roots; a scope path that is gone was
+    // looked at too (there is nothing there), so what the store knows under it is deleted.
+    walk.roots.clone_from(&roots);
     let stored = library
         .read(|l| l.store().known_files())
         .map_err(LibraryError::from)?;

@@ -1,14 +1,29 @@
 //! The one indexing job a server runs at a time, on its own thread, writing through the
 //! server's `RwLock<Library>` one commit at a time so searches keep answering.
+//!
+//! Jobs come from `POST /index` or from watched folders (`quarry serve --watch DIR`): the
+//! watcher's batches run one after another as jobs of origin `watch`, waiting while a requested
+//! job runs, so the web page's progress banner shows both.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::indexing::{index_paths, IndexEvent, IndexModels, IndexOptions};
+use crate::indexing::{index_watch_batch, IndexEvent, IndexModels, IndexOptions};
 use crate::library::Library;
+use crate::watch::WatchBatch;
+
+/// What started a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOrigin {
+    /// `POST /index` (or no job yet).
+    Request,
+    /// A change in a watched folder.
+    Watch,
+}
 
 /// Where the job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,6 +58,10 @@ pub struct JobStatus {
     pub eta_s: Option<f64>,
     /// A sentence about the plan, the outcome or the failure.
     pub message: String,
+    /// What started the job.
+    pub origin: JobOrigin,
+    /// The folders the server watches (empty without `--watch`): the page keeps polling.
+    pub watching: Vec<PathBuf>,
     #[serde(skip)]
     started: Option<Instant>,
 }
@@ -58,6 +77,8 @@ impl Default for JobStatus {
             rate: 0.0,
             eta_s: None,
             message: String::new(),
+            origin: JobOrigin::Request,
+            watching: Vec::new(),
             started: None,
         }
     }
@@ -91,6 +112,26 @@ impl JobTracker {
         s
     }
 
+    /// Marks a new job running, unless one is; its number.
+    fn begin(&self, origin: JobOrigin, message: String) -> Option<u64> {
+        let mut s = self.lock();
+        if s.state == JobState::Running {
+            return None;
+        }
+        let job = s.job + 1;
+        let watching = std::mem::take(&mut s.watching);
+        *s = JobStatus {
+            job,
+            state: JobState::Running,
+            message,
+            origin,
+            watching,
+            started: Some(Instant::now()),
+            ..JobStatus::default()
+        };
+        Some(job)
+    }
+
     /// Starts indexing `paths` on a new thread; `None` when a job is already running.
     pub fn start(
         &self,
@@ -98,25 +139,14 @@ impl JobTracker {
         models: Arc<IndexModels>,
         paths: Vec<PathBuf>,
     ) -> Option<u64> {
-        let job = {
-            let mut s = self.lock();
-            if s.state == JobState::Running {
-                return None;
-            }
-            let job = s.job + 1;
-            *s = JobStatus {
-                job,
-                state: JobState::Running,
-                message: format!("planning {} path(s)", paths.len()),
-                started: Some(Instant::now()),
-                ..JobStatus::default()
-            };
-            job
-        };
+        let job = self.begin(
+            JobOrigin::Request,
+            format!("planning {} path(s)", paths.len()),
+        )?;
         let tracker = self.clone();
         std::thread::Builder::new()
             .name(format!("index-job-{job}"))
-            .spawn(move || tracker.work(&library, &models, &paths))
+            .spawn(move || tracker.work(&library, &models, &paths, &WatchBatch::Rescan))
             .map_err(|e| {
                 let mut s = self.lock();
                 s.state = JobState::Failed;
@@ -126,7 +156,37 @@ impl JobTracker {
         Some(job)
     }
 
-    fn work(&self, library: &RwLock<Library>, models: &IndexModels, paths: &[PathBuf]) {
+    /// Records the folders a watcher follows (shown by `GET /index`).
+    pub fn set_watching(&self, roots: Vec<PathBuf>) {
+        self.lock().watching = roots;
+    }
+
+    /// Runs one watched batch as a job on the calling thread, after any running job ends.
+    pub fn run_watched(
+        &self,
+        library: &RwLock<Library>,
+        models: &IndexModels,
+        roots: &[PathBuf],
+        batch: &WatchBatch,
+    ) {
+        let message = match batch {
+            WatchBatch::Rescan => format!("watched folders: walking {} folder(s)", roots.len()),
+            WatchBatch::Changed(paths) => format!("watched folders: {} change(s)", paths.len()),
+        };
+        while self.begin(JobOrigin::Watch, message.clone()).is_none() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.work(library, models, roots, batch);
+    }
+
+    /// Runs a job: `batch` over `roots` (a full walk of `roots` for [`WatchBatch::Rescan`]).
+    fn work(
+        &self,
+        library: &RwLock<Library>,
+        models: &IndexModels,
+        roots: &[PathBuf],
+        batch: &WatchBatch,
+    ) {
         let keep_features = library
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -152,10 +212,11 @@ impl JobTracker {
                 }
             }
         };
-        let result = index_paths(
+        let result = index_watch_batch(
             &mut target,
             models,
-            paths,
+            roots,
+            batch,
             &IndexOptions::default(),
             keep_features,
             &mut on_event,
@@ -173,9 +234,15 @@ impl JobTracker {
                 };
                 s.eta_s = Some(0.0);
                 s.message = format!(
-                    "{} indexed, {} unchanged, {} removed, {} failed in {:.1} s",
+                    "{}{} indexed, {} unchanged, {} moved, {} removed, {} failed in {:.1} s",
+                    if s.origin == JobOrigin::Watch {
+                        "watched folders: "
+                    } else {
+                        ""
+                    },
                     summary.indexed,
                     summary.plan.unchanged,
+                    summary.plan.moved,
                     summary.plan.deleted,
                     summary.failed.len(),
                     summary.seconds

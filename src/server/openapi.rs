@@ -121,7 +121,9 @@ pub fn document(search: &SearchSettings, limits: &Limits) -> Value {
                 "Job": {"type": "object", "properties": {
                     "job": {"type": "integer"}, "state": {"type": "string", "enum": ["idle", "running", "done", "failed"]},
                     "done": {"type": "integer"}, "total": {"type": "integer"}, "failed": {"type": "integer"},
-                    "rate": {"type": "number"}, "eta_s": {"type": ["number", "null"]}, "message": {"type": "string"}}}
+                    "rate": {"type": "number"}, "eta_s": {"type": ["number", "null"]}, "message": {"type": "string"},
+                    "origin": {"type": "string", "enum": ["request", "watch"]},
+                    "watching": {"type": "array", "items": {"type": "string"}}}}
             }
         },
         "paths": {

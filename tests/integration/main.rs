@@ -13,4 +13,5 @@ mod serve;
 mod served_search;
 mod support;
 mod training;
+mod watch;
 mod web;

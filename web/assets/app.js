@@ -827,6 +827,8 @@ function installDrop() {
 
 let pollTimer = null;
 let jobSeenRunning = false;
+let lastJobNumber = null;
+let lastJobState = null;
 
 function renderJob(job) {
   const banner = $('job-banner');
@@ -841,7 +843,8 @@ function renderJob(job) {
     if (isNum(job.rate) && job.rate > 0) parts.push(`${job.rate.toFixed(1)} images/s`);
     const eta = durationText(job.eta_s);
     if (eta) parts.push(`about ${eta} left`);
-    text = `Indexing: ${parts.join(' · ')}${job.message ? ` — ${job.message}` : ''}`;
+    const what = job.origin === 'watch' ? 'Indexing new photos in watched folders' : 'Indexing';
+    text = `${what}: ${parts.join(' · ')}${job.message ? ` — ${job.message}` : ''}`;
   } else if (job.state === 'done') {
     text = `Indexing finished: ${plural(done, 'image')} indexed${failed ? `, ${intText(failed)} failed` : ''}.${job.message ? ` ${job.message}` : ''}`;
   } else if (job.state === 'failed') {
@@ -875,13 +878,21 @@ async function pollJob() {
     pollTimer = setTimeout(pollJob, POLL_MS * 5);
     return;
   }
-  const wasRunning = jobSeenRunning;
+  const previousJob = lastJobNumber;
+  const previousState = lastJobState;
+  lastJobNumber = job.job;
+  lastJobState = job.state;
   if (job.state === 'running') jobSeenRunning = true;
   renderJob(job);
   if (job.state === 'running') {
     pollTimer = setTimeout(pollJob, POLL_MS);
-  } else if (wasRunning) {
-    loadStats();
+  } else {
+    // A job that ran between two polls (a quick watched batch) changed the store too.
+    if (previousState === 'running' || (previousJob !== null && job.job !== previousJob)) loadStats();
+    // Watched folders (quarry serve --watch) start jobs on their own: keep looking.
+    if (Array.isArray(job.watching) && job.watching.length > 0) {
+      pollTimer = setTimeout(pollJob, POLL_MS * 5);
+    }
   }
 }
 
