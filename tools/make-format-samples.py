@@ -5,13 +5,14 @@ Samples are encoded with free tools from one synthetic photo-like picture (gradi
 red block, noise: chroma edges and fine texture are where decoders differ):
   * HEIC and AVIF with pillow-heif (libheif + x265) and Pillow's own AVIF plugin (libavif),
     8- and 10-bit, with EXIF, an alpha channel, a Display P3 ICC profile, and a rotation;
-  * JPEG XL with libjxl's cjxl (Debian libjxl-tools), lossy 8-bit and lossless 16-bit.
+  * JPEG XL with libjxl's cjxl (Debian libjxl-tools), lossy 8-bit and lossless 16-bit;
+  * camera RAW structures (DNG, NEF, CR2, ARW) written field by field, checked with exiftool.
 References are what Python users get: Pillow (+ pillow-heif) `Image.open(f).convert("RGB")`
 for HEIC and AVIF; for JPEG XL, which Pillow does not read, libjxl's reference decoder djxl
 (8 bits per sample). tests/integration/formats.rs decodes every sample and compares.
 
   python3 -m venv /tmp/pyref && /tmp/pyref/bin/pip install pillow pillow-heif numpy
-  apt-get install libjxl-tools
+  apt-get install libjxl-tools libavif-bin libimage-exiftool-perl
   /tmp/pyref/bin/python tools/make-format-samples.py fixtures/formats
 """
 import json
@@ -105,8 +106,185 @@ samples["photo-10bit.avif"] = dict(width=W, height=H)
 (out / "src8.png").unlink()
 (out / "src16.png").unlink()
 
+# Camera RAW files: TIFF structures laid out as the cameras' formats are (DNG 1.4, Nikon NEF,
+# Canon CR2, Sony ARW), holding a CFA mosaic, a small RGB thumbnail and a full-size JPEG
+# preview. They are synthetic (no camera here), written field by field below and checked with
+# exiftool, which must recognise each format and find the same preview.
+SHORT, LONG, ASCII, BYTE = 3, 4, 2, 1
+
+
+def tiff_file(ifd0, little=True, cr2=False):
+    """Serialises a tree of IFDs: each {"entries": [...], "next": ifd|None}; an entry is
+    (tag, type, values), (tag, "blob", bytes) for an offset to data or (tag, "ifds", [ifd, ...])
+    for offsets to other IFDs."""
+    e = "<" if little else ">"
+    order, blobs = [], []
+
+    def visit(ifd):
+        order.append(ifd)
+        for entry in ifd["entries"]:
+            if entry[1] == "ifds":
+                for child in entry[2]:
+                    visit(child)
+        if ifd.get("next") is not None:
+            visit(ifd["next"])
+
+    visit(ifd0)
+    header = 16 if cr2 else 8
+    offsets, at = {}, header
+    for ifd in order:
+        offsets[id(ifd)] = at
+        at += 2 + 12 * len(ifd["entries"]) + 4
+    blob_at = {}
+
+    def place(data):
+        nonlocal at
+        if at % 2:
+            at += 1
+        blob_at[len(blobs)] = at
+        blobs.append((at, data))
+        at += len(data)
+        return blob_at[len(blobs) - 1]
+
+    encoded = {}
+    for ifd in order:
+        rows = []
+        for tag, kind, value in sorted(ifd["entries"], key=lambda x: x[0]):
+            if kind == "blob":
+                rows.append((tag, LONG, 1, struct.pack(e + "I", place(value))))
+                continue
+            if kind == "ifds":
+                offs = [offsets[id(c)] for c in value]
+                data = struct.pack(e + "I" * len(offs), *offs)
+                rows.append((tag, LONG, len(offs), data if len(data) <= 4 else struct.pack(e + "I", place(data))))
+                continue
+            if kind == ASCII:
+                data = value.encode() + b"\0"
+                count = len(data)
+            elif kind == BYTE:
+                data, count = bytes(value), len(value)
+            else:
+                fmt = "H" if kind == SHORT else "I"
+                data, count = struct.pack(e + fmt * len(value), *value), len(value)
+            if len(data) > 4:
+                data = struct.pack(e + "I", place(data))
+            rows.append((tag, kind, count, data))
+        encoded[id(ifd)] = rows
+    out = bytearray(at)
+    out[0:4] = b"II*\0" if little else b"MM\0*"
+    out[4:8] = struct.pack(e + "I", offsets[id(order[0])])
+    if cr2:
+        out[8:12] = b"CR\x02\0"
+        out[12:16] = struct.pack(e + "I", offsets[id(order[-1])])
+    for ifd in order:
+        pos = offsets[id(ifd)]
+        rows = encoded[id(ifd)]
+        out[pos:pos + 2] = struct.pack(e + "H", len(rows))
+        for i, (tag, kind, count, data) in enumerate(rows):
+            p = pos + 2 + 12 * i
+            out[p:p + 8] = struct.pack(e + "HHI", tag, kind, count)
+            out[p + 8:p + 12] = data.ljust(4, b"\0")
+        nxt = ifd.get("next")
+        out[pos + 2 + 12 * len(rows):pos + 6 + 12 * len(rows)] = struct.pack(e + "I", offsets[id(nxt)] if nxt is not None else 0)
+    for pos, data in blobs:
+        out[pos:pos + len(data)] = data
+    return bytes(out)
+
+
+def jpeg_bytes(arr, quality=90):
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def exif_ifd(when, offset=None):
+    entries = [(0x9003, ASCII, when)]
+    if offset:
+        entries.append((0x9011, ASCII, offset))
+    return {"entries": entries}
+
+
+thumb = np.ascontiguousarray(base[::5, ::5][:24, :32])
+mosaic = bytes(W * H * 2)
+
+
+def rgb_strip_ifd(arr, extra=()):
+    h, w = arr.shape[:2]
+    return [(0x0100, LONG, [w]), (0x0101, LONG, [h]), (0x0102, SHORT, [8, 8, 8]), (0x0103, SHORT, [1]),
+            (0x0106, SHORT, [2]), (0x0111, "blob", arr.tobytes()), (0x0115, SHORT, [3]),
+            (0x0116, LONG, [h]), (0x0117, LONG, [arr.size]), *extra]
+
+
+def cfa_ifd():
+    return {"entries": [(0x00FE, LONG, [0]), (0x0100, LONG, [W]), (0x0101, LONG, [H]), (0x0102, SHORT, [16]),
+                        (0x0103, SHORT, [1]), (0x0106, SHORT, [32803]), (0x0111, "blob", mosaic),
+                        (0x0115, SHORT, [1]), (0x0116, LONG, [H]), (0x0117, LONG, [len(mosaic)]),
+                        (0x828D, SHORT, [2, 2]), (0x828E, BYTE, [0, 1, 1, 2])]}
+
+
+preview = jpeg_bytes(base)
+raws = {}
+# DNG: preview in a SubIFD as a one-strip JPEG-compressed YCbCr image; orientation 6.
+raws["camera.dng"] = (tiff_file({"entries": rgb_strip_ifd(thumb, [
+    (0x00FE, LONG, [1]), (0x010F, ASCII, "QuarryCam"), (0x0110, ASCII, "RAW 1"), (0x0112, SHORT, [6]),
+    (0xC612, BYTE, [1, 4, 0, 0]), (0x8769, "ifds", [exif_ifd("2022:08:15 07:45:00", "+09:00")]),
+    (0x014A, "ifds", [cfa_ifd(), {"entries": [
+        (0x00FE, LONG, [1]), (0x0100, LONG, [W]), (0x0101, LONG, [H]), (0x0102, SHORT, [8, 8, 8]),
+        (0x0103, SHORT, [7]), (0x0106, SHORT, [6]), (0x0111, "blob", preview), (0x0115, SHORT, [3]),
+        (0x0116, LONG, [H]), (0x0117, LONG, [len(preview)])]}])])}), 6,
+    dict(captured_at="2022-08-15T07:45:00+09:00", camera_make="QuarryCam", camera_model="RAW 1"))
+# NEF: big-endian; preview through JPEGInterchangeFormat in the first SubIFD.
+raws["camera.nef"] = (tiff_file({"entries": rgb_strip_ifd(thumb, [
+    (0x00FE, LONG, [1]), (0x010F, ASCII, "NIKON CORPORATION"), (0x0110, ASCII, "NIKON D-QUARRY"),
+    (0x0112, SHORT, [1]), (0x8769, "ifds", [exif_ifd("2020:02:29 12:00:00")]),
+    (0x014A, "ifds", [{"entries": [(0x00FE, LONG, [1]), (0x0201, "blob", preview), (0x0202, LONG, [len(preview)])]},
+                      cfa_ifd()])])}, little=False), 1,
+    dict(captured_at="2020-02-29T12:00:00", camera_make="NIKON CORPORATION", camera_model="NIKON D-QUARRY"))
+# CR2: the "CR" marker; IFD0 a full-size JPEG strip (orientation 8), IFD1 a small JPEG
+# thumbnail, IFD2 an RGB strip, IFD3 the sensor data as lossless JPEG (SOF3), never a preview.
+small = jpeg_bytes(np.ascontiguousarray(base[::4, ::4]))
+lossless = b"\xff\xd8\xff\xc3\x00\x0b\x0c\x00\x78\x00\xa0\x01\x01\x11\x00" + bytes(64) + b"\xff\xd9"
+ifd3 = {"entries": [(0x0103, SHORT, [6]), (0x0111, "blob", lossless), (0x0117, LONG, [len(lossless)])]}
+ifd2 = {"entries": rgb_strip_ifd(thumb), "next": ifd3}
+ifd1 = {"entries": [(0x0103, SHORT, [6]), (0x0201, "blob", small), (0x0202, LONG, [len(small)])], "next": ifd2}
+raws["camera.cr2"] = (tiff_file({"entries": [
+    (0x0100, LONG, [W]), (0x0101, LONG, [H]), (0x0103, SHORT, [6]), (0x010F, ASCII, "Canon"),
+    (0x0110, ASCII, "Canon EOS QUARRY"), (0x0111, "blob", preview), (0x0112, SHORT, [8]),
+    (0x0117, LONG, [len(preview)]), (0x8769, "ifds", [exif_ifd("2019:12:31 23:59:59", "-03:00")])],
+    "next": ifd1}, cr2=True), 8,
+    dict(captured_at="2019-12-31T23:59:59-03:00", camera_make="Canon", camera_model="Canon EOS QUARRY"))
+# ARW: the preview through JPEGInterchangeFormat in IFD0; orientation 3.
+raws["camera.arw"] = (tiff_file({"entries": [
+    (0x00FE, LONG, [1]), (0x010F, ASCII, "SONY"), (0x0110, ASCII, "ILCE-QUARRY"), (0x0112, SHORT, [3]),
+    (0x0201, "blob", preview), (0x0202, LONG, [len(preview)]),
+    (0x8769, "ifds", [exif_ifd("2023:03:03 03:03:03")]), (0x014A, "ifds", [cfa_ifd()])]}), 3,
+    dict(captured_at="2023-03-03T03:03:03", camera_make="SONY", camera_model="ILCE-QUARRY"))
+# A DNG with the mosaic only: refused with a reason, never indexed as its thumbnail.
+(out / "no-preview.dng").write_bytes(tiff_file({"entries": rgb_strip_ifd(thumb, [
+    (0x00FE, LONG, [1]), (0xC612, BYTE, [1, 4, 0, 0]), (0x014A, "ifds", [cfa_ifd()])])}))
+
+transpose = {1: None, 3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}
+for name, (data, orientation, facts) in raws.items():
+    (out / name).write_bytes(data)
+    # exiftool (an independent TIFF/RAW reader) must see the format and a preview of this size.
+    info = json.loads(subprocess.run(["exiftool", "-j", "-FileType", "-PreviewImage", "-JpgFromRaw",
+                                      "-b", str(out / name)], capture_output=True, check=True).stdout)[0]
+    found = [v for k, v in info.items() if k in ("PreviewImage", "JpgFromRaw")]
+    assert found, f"exiftool finds no preview in {name}: {info}"
+    import base64
+    assert any(base64.b64decode(v.split(":", 1)[1]) == preview for v in found if v.startswith("base64:")), \
+        f"exiftool's preview of {name} is not the embedded one"
+    img = Image.open(__import__("io").BytesIO(preview)).convert("RGB")
+    if transpose[orientation]:
+        img = img.transpose(transpose[orientation])
+    img.save(out / (name + ".ref.png"))
+    samples[name] = dict(width=img.size[0], height=img.size[1], orientation=orientation, **facts,
+                         reference=f"Pillow {Image.__version__} decoding the embedded preview JPEG, "
+                                   f"turned by the RAW's orientation; exiftool file type {info['FileType']}")
+
 # Reference decodes.
-for name in list(samples):
+for name in [n for n in samples if not n.startswith("camera.")]:
     f = out / name
     ref = out / (name + ".ref.png")
     if name.endswith(".jxl"):

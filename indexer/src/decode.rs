@@ -16,6 +16,7 @@
 use std::io::{BufRead, Cursor, Seek};
 use std::path::Path;
 
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
 use crate::codecs::{self, CodecFailure};
@@ -77,9 +78,30 @@ pub fn decode_bytes(
                 path: path.to_path_buf(),
                 reason,
             })?;
-            decode_reader(Cursor::new(bytes), path, limits)
+            decode_reader(Cursor::new(bytes), path, limits, None)
         }
-        _ => decode_reader(Cursor::new(bytes), path, limits),
+        Sniffed::Image(ImageKind::Tiff) if codecs::raw::is_raw(bytes) => {
+            let (jpeg, layout) = codecs::raw::preview(bytes).map_err(|failure| match failure {
+                CodecFailure::Corrupt(reason) => PreprocessError::Decode {
+                    path: path.to_path_buf(),
+                    reason,
+                },
+                CodecFailure::TooLarge { width, height } => PreprocessError::TooLarge {
+                    path: path.to_path_buf(),
+                    width,
+                    height,
+                    limit: limits.max_pixels,
+                },
+            })?;
+            check_jpeg_complete(jpeg).map_err(|reason| PreprocessError::Decode {
+                path: path.to_path_buf(),
+                reason: format!("the RAW file's preview: {reason}"),
+            })?;
+            let orientation = Orientation::from_exif(layout.orientation as u8)
+                .unwrap_or(Orientation::NoTransforms);
+            decode_reader(Cursor::new(jpeg), path, limits, Some(orientation))
+        }
+        _ => decode_reader(Cursor::new(bytes), path, limits, None),
     }
 }
 
@@ -147,10 +169,13 @@ fn check_jpeg_complete(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// Decodes with the `image` crate; `orientation` replaces the file's own EXIF orientation
+/// (a RAW's preview takes the RAW's).
 fn decode_reader<R: BufRead + Seek>(
     reader: R,
     path: &Path,
     limits: DecodeLimits,
+    orientation: Option<Orientation>,
 ) -> Result<RgbImage, PreprocessError> {
     let fail = |reason: String| PreprocessError::Decode {
         path: path.to_path_buf(),
@@ -181,9 +206,10 @@ fn decode_reader<R: BufRead + Seek>(
     decoder
         .set_limits(decoder_limits)
         .map_err(|e| fail(e.to_string()))?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = match orientation {
+        Some(o) => o,
+        None => decoder.orientation().unwrap_or(Orientation::NoTransforms),
+    };
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| fail(e.to_string()))?;
     img.apply_orientation(orientation);
     Ok(img.to_rgb8())

@@ -97,7 +97,12 @@ pub fn read_image_info(path: &Path) -> Result<ImageInfo, MetadataError> {
     let file = std::fs::File::open(path).map_err(io)?;
     let mut reader = BufReader::new(file);
     let head = reader.fill_buf().map_err(io)?;
-    if container_kind(head).is_some() {
+    let tiff = matches!(
+        sniff(&head[..head.len().min(SNIFF_LEN)]),
+        Sniffed::Image(ImageKind::Tiff)
+    );
+    if container_kind(head).is_some() || tiff {
+        // Container formats, and TIFF structures that may be camera RAWs, are read whole.
         return image_info_from_bytes(&std::fs::read(path).map_err(io)?, path);
     }
     image_info_from_reader(reader, path)
@@ -115,7 +120,54 @@ pub fn image_info_from_bytes(bytes: &[u8], path: &Path) -> Result<ImageInfo, Met
         })?;
         return Ok(info_from_codec(facts));
     }
+    if let Some(info) = raw_info(bytes) {
+        return Ok(info);
+    }
     image_info_from_reader(Cursor::new(bytes), path)
+}
+
+/// Facts of a camera RAW file: its preview's size turned by IFD0's orientation, and the EXIF
+/// of its TIFF structure. `None` when the bytes are not a RAW or it has no usable preview (the
+/// decoder reports that).
+fn raw_info(bytes: &[u8]) -> Option<ImageInfo> {
+    if !matches!(
+        sniff(&bytes[..bytes.len().min(SNIFF_LEN)]),
+        Sniffed::Image(ImageKind::Tiff)
+    ) || !codecs::raw::is_raw(bytes)
+    {
+        return None;
+    }
+    let layout = codecs::raw::layout(bytes);
+    let preview = layout.preview?;
+    let exif = read_exif_tiff(bytes.to_vec());
+    let info = info_with_stored_size(exif.as_ref(), preview.width, preview.height);
+    // The orientation that turns the preview is IFD0's, whatever the EXIF reader found.
+    let turned = (5..=8).contains(&layout.orientation);
+    Some(ImageInfo {
+        orientation: layout.orientation,
+        width: if turned {
+            preview.height
+        } else {
+            preview.width
+        },
+        height: if turned {
+            preview.width
+        } else {
+            preview.height
+        },
+        ..info
+    })
+}
+
+/// EXIF from a bare TIFF structure (a RAW file, or a HEIF/JPEG XL EXIF item).
+fn read_exif_tiff(tiff: Vec<u8>) -> Option<exif::Exif> {
+    let mut reader = exif::Reader::new();
+    reader.continue_on_error(true);
+    match reader.read_raw(tiff) {
+        Ok(exif) => Some(exif),
+        Err(exif::Error::PartialResult(partial)) => Some(partial.into_inner().0),
+        Err(_) => None,
+    }
 }
 
 /// The formats whose container carries its own geometry and is read by [`crate::codecs`].
@@ -139,15 +191,7 @@ fn codec_facts(bytes: &[u8], kind: ImageKind) -> Result<Facts, CodecFailure> {
 /// Facts of a HEIF or JPEG XL image: its size is already as displayed and its EXIF
 /// orientation is not applied (the container's own transformations are), so it reads 1.
 fn info_from_codec(facts: Facts) -> ImageInfo {
-    let exif = facts.exif_tiff.and_then(|tiff| {
-        let mut reader = exif::Reader::new();
-        reader.continue_on_error(true);
-        match reader.read_raw(tiff) {
-            Ok(exif) => Some(exif),
-            Err(exif::Error::PartialResult(partial)) => Some(partial.into_inner().0),
-            Err(_) => None,
-        }
-    });
+    let exif = facts.exif_tiff.and_then(read_exif_tiff);
     ImageInfo {
         orientation: 1,
         ..info_with_stored_size(exif.as_ref(), facts.width, facts.height)
@@ -212,6 +256,9 @@ pub(crate) fn info_with_displayed_size(bytes: &[u8], width: u32, height: u32) ->
             },
         }
         .with_size(width, height);
+    }
+    if let Some(info) = raw_info(bytes) {
+        return info.with_size(width, height);
     }
     let exif = read_exif(&mut Cursor::new(bytes));
     ImageInfo {

@@ -124,7 +124,7 @@ pub enum WalkError {
 /// image is reported rather than skipped.
 const IMAGE_EXTENSIONS: &[&str] = &[
     "jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "gif", "bmp", "dib", "tif", "tiff",
-    "heic", "heif", "avif", "jxl",
+    "heic", "heif", "avif", "jxl", "dng", "nef", "nrw", "arw", "srf", "sr2", "cr2", "pef",
 ];
 
 /// Walks `roots` (files or folders) and lists the images under them. See the module docs.

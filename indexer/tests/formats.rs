@@ -33,6 +33,9 @@ fn samples() -> serde_json::Map<String, serde_json::Value> {
 ///   only along colour edges (a few percent of a 160×120 picture with hard red and green blocks).
 /// * JPEG XL: jxl-oxide and libjxl 0.7 both pass the conformance tests; lossy (XYB) output
 ///   differs by float rounding; lossless is exact.
+/// * Camera RAW (DNG, NEF, CR2, ARW): the embedded preview JPEG, decoded by the `image` crate
+///   (zune-jpeg) where Pillow uses libjpeg-turbo: the two IDCTs and chroma upsamplers differ by
+///   a level or two.
 const TOLERANCE: &[(&str, u8, f64)] = &[
     ("photo.heic", 0, 0.0),
     ("photo-10bit.heic", 0, 0.0),
@@ -42,7 +45,13 @@ const TOLERANCE: &[(&str, u8, f64)] = &[
     ("photo-10bit.avif", 4, 1.0),
     ("photo.jxl", 2, 0.2),
     ("lossless-16bit.jxl", 1, 0.01),
+    ("camera.dng", RAW_MAX, RAW_MEAN),
+    ("camera.nef", RAW_MAX, RAW_MEAN),
+    ("camera.cr2", RAW_MAX, RAW_MEAN),
+    ("camera.arw", RAW_MAX, RAW_MEAN),
 ];
+const RAW_MAX: u8 = 6;
+const RAW_MEAN: f64 = 0.6;
 
 fn reference(name: &str) -> image::RgbImage {
     image::open(fixtures().join(format!("{name}.ref.png")))
@@ -100,8 +109,12 @@ fn capture_time_and_camera_come_from_the_containers_exif() {
             "{name}: size as displayed, without decoding"
         );
         assert_eq!(
-            info.orientation, 1,
-            "{name}: the container's rotation is applied"
+            u64::from(info.orientation),
+            facts
+                .get("orientation")
+                .and_then(|o| o.as_u64())
+                .unwrap_or(1),
+            "{name}: HEIF and JPEG XL apply their own rotation (1); a RAW reports IFD0's"
         );
         assert_eq!(
             info.captured_at.as_ref().map(|t| t.iso8601.as_str()),
@@ -173,4 +186,19 @@ fn images_over_the_pixel_limit_are_refused_from_the_header() {
             "{name}: {e}"
         );
     }
+}
+
+#[test]
+fn a_raw_file_without_a_preview_is_refused_not_indexed_as_its_thumbnail() {
+    let path = fixtures().join("no-preview.dng");
+    let e = decode_file(&path, DecodeLimits::default()).unwrap_err();
+    assert!(
+        matches!(e, PreprocessError::Decode { .. })
+            && e.to_string().contains("RAW")
+            && e.to_string().contains("preview"),
+        "{e}"
+    );
+    // The same structure as a plain TIFF is still an image: only RAWs take the preview path.
+    let plain = fixtures().join("camera.cr2.ref.png");
+    assert!(decode_file(&plain, DecodeLimits::default()).is_ok());
 }

@@ -3,6 +3,7 @@
 //! * [`heif`] — HEIC (HEVC in HEIF: iPhones since iOS 11) and AVIF (AV1 in HEIF: Android,
 //!   browsers), both through libheif, the library pillow-heif wraps for Python users.
 //! * [`jpegxl`] — JPEG XL, through jxl-oxide (pure Rust).
+//! * [`raw`] — camera RAW files (DNG, NEF, ARW, CR2, …) by their embedded preview JPEG.
 //!
 //! Each gives the image as displayed (the container's own rotation and mirroring applied, as
 //! its specification requires, and its EXIF orientation therefore *not* applied again), in
@@ -13,6 +14,7 @@
 
 pub(crate) mod heif;
 pub(crate) mod jpegxl;
+pub(crate) mod raw;
 
 /// Why a codec could not give pixels.
 #[derive(Debug)]
