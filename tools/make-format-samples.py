@@ -64,7 +64,9 @@ h10.save(out / "photo-10bit.heic", quality=80)
 samples["photo-10bit.heic"] = dict(width=W, height=H)
 # HEIC with alpha (dropped, not composited) and an embedded ICC profile (values kept as stored).
 rgba = np.dstack([base, np.tile(np.arange(W, dtype=np.uint8), (H, 1))])
-icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+icc[24:36] = struct.pack(">6H", 2026, 1, 1, 0, 0, 0)  # the header's creation time: reproducible
+icc = bytes(icc)
 Image.fromarray(rgba, "RGBA").save(out / "alpha-icc.heic", quality=80, icc_profile=icc)
 samples["alpha-icc.heic"] = dict(width=W, height=H)
 # HEIC whose EXIF says orientation 6: pillow-heif stores it as a rotation property (irot),
