@@ -103,36 +103,15 @@ const OPEN_WRITER_PATIENCE: Duration = Duration::from_secs(30);
 pub struct FolderWatcher {
     _watcher: RecommendedWatcher,
     events: Receiver<notify::Result<notify::Event>>,
-    timing: WatchTiming,
-    pending: HashMap<PathBuf, Pending>,
-    rescan: bool,
-    /// The watched folders, absolute: hidden components are judged below them (a library
-    /// inside a hidden folder is still watched).
-    roots: Vec<PathBuf>,
+    settler: Settler,
 }
 
 impl std::fmt::Debug for FolderWatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FolderWatcher")
-            .field("pending", &self.pending.len())
-            .field("rescan", &self.rescan)
+            .field("settler", &self.settler)
             .finish()
     }
-}
-
-fn stamp(path: &Path) -> Option<(u64, Option<SystemTime>)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.len(), meta.modified().ok()))
-}
-
-fn hidden(path: &Path, roots: &[PathBuf]) -> bool {
-    let relative = roots
-        .iter()
-        .find_map(|r| path.strip_prefix(r).ok())
-        .unwrap_or(path);
-    relative
-        .components()
-        .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
 }
 
 impl FolderWatcher {
@@ -161,17 +140,77 @@ impl FolderWatcher {
         Ok(Self {
             _watcher: watcher,
             events,
+            settler: Settler::new(roots, timing),
+        })
+    }
+
+    /// Waits for the next batch; polls `stop` a few times a second and returns `None` once it
+    /// says so.
+    pub fn next_batch(&mut self, stop: &dyn Fn() -> bool) -> Option<WatchBatch> {
+        loop {
+            if stop() {
+                return None;
+            }
+            match self.events.recv_timeout(Duration::from_millis(100)) {
+                Ok(event) => {
+                    self.settler.note(event, Instant::now());
+                    // Drain what else is queued before judging.
+                    while let Ok(event) = self.events.try_recv() {
+                        self.settler.note(event, Instant::now());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+            if let Some(batch) = self.settler.take(Instant::now()) {
+                return Some(batch);
+            }
+        }
+    }
+}
+
+fn stamp(path: &Path) -> Option<(u64, Option<SystemTime>)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()))
+}
+
+fn hidden(path: &Path, roots: &[PathBuf]) -> bool {
+    let relative = roots
+        .iter()
+        .find_map(|r| path.strip_prefix(r).ok())
+        .unwrap_or(path);
+    relative
+        .components()
+        .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+}
+
+/// The batching rules of the module docs, apart from the operating system: fed events, asked
+/// for batches, at times the caller gives (so they can be tested without waiting).
+#[derive(Debug)]
+struct Settler {
+    timing: WatchTiming,
+    pending: HashMap<PathBuf, Pending>,
+    rescan: bool,
+    /// The watched folders, absolute: hidden components are judged below them (a library
+    /// inside a hidden folder is still watched).
+    roots: Vec<PathBuf>,
+}
+
+impl Settler {
+    fn new(roots: Vec<PathBuf>, timing: WatchTiming) -> Self {
+        Self {
             timing,
             pending: HashMap::new(),
             rescan: false,
             roots,
-        })
+        }
     }
 
-    fn note(&mut self, event: notify::Result<notify::Event>) {
+    fn note(&mut self, event: notify::Result<notify::Event>, now: Instant) {
         let event = match event {
             Ok(event) => event,
             Err(_) => {
+                // The watcher itself failed (a queue overflow is reported so on some systems).
                 self.rescan = true;
                 return;
             }
@@ -198,7 +237,6 @@ impl FolderWatcher {
         if !relevant {
             return;
         }
-        let now = Instant::now();
         for path in event.paths {
             if hidden(&path, &self.roots) {
                 continue;
@@ -217,45 +255,21 @@ impl FolderWatcher {
         }
     }
 
-    /// Waits for the next batch; polls `stop` a few times a second and returns `None` once it
-    /// says so.
-    pub fn next_batch(&mut self, stop: &dyn Fn() -> bool) -> Option<WatchBatch> {
-        loop {
-            if stop() {
-                return None;
-            }
-            match self.events.recv_timeout(Duration::from_millis(100)) {
-                Ok(event) => {
-                    self.note(event);
-                    // Drain what else is queued before judging.
-                    while let Ok(event) = self.events.try_recv() {
-                        self.note(event);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return None,
-            }
-            if self.rescan {
-                self.rescan = false;
-                self.pending.clear();
-                return Some(WatchBatch::Rescan);
-            }
-            if let Some(batch) = self.take_settled() {
-                return Some(WatchBatch::Changed(batch));
-            }
+    /// A rescan when events were lost; else the settled paths, once all pending ones have
+    /// settled or the oldest has waited `max_wait`.
+    fn take(&mut self, now: Instant) -> Option<WatchBatch> {
+        if self.rescan {
+            self.rescan = false;
+            self.pending.clear();
+            return Some(WatchBatch::Rescan);
         }
-    }
-
-    /// The settled paths, when all pending ones have settled or the oldest waited `max_wait`.
-    fn take_settled(&mut self) -> Option<Vec<PathBuf>> {
         if self.pending.is_empty() {
             return None;
         }
-        let now = Instant::now();
         let settle = self.timing.settle;
         let mut settled = Vec::new();
         for (path, p) in self.pending.iter_mut() {
-            let quiet = now.duration_since(p.touched);
+            let quiet = now.saturating_duration_since(p.touched);
             if quiet < settle || (p.open_for_write && quiet < OPEN_WRITER_PATIENCE) {
                 continue;
             }
@@ -272,7 +286,7 @@ impl FolderWatcher {
         let overdue = self
             .pending
             .values()
-            .any(|p| now.duration_since(p.first) >= self.timing.max_wait);
+            .any(|p| now.saturating_duration_since(p.first) >= self.timing.max_wait);
         if settled.is_empty() || !(all || overdue) {
             return None;
         }
@@ -280,6 +294,159 @@ impl FolderWatcher {
             self.pending.remove(path);
         }
         settled.sort();
-        Some(settled)
+        Some(WatchBatch::Changed(settled))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{DataChange, Flag, ModifyKind, RemoveKind};
+    use notify::Event;
+
+    use super::*;
+
+    const TIMING: WatchTiming = WatchTiming {
+        settle: Duration::from_secs(1),
+        max_wait: Duration::from_secs(10),
+    };
+
+    fn event(kind: EventKind, paths: &[&Path]) -> notify::Result<Event> {
+        Ok(paths
+            .iter()
+            .fold(Event::new(kind), |e, p| e.add_path(p.to_path_buf())))
+    }
+
+    fn secs(t0: Instant, s: f64) -> Instant {
+        t0 + Duration::from_secs_f64(s)
+    }
+
+    fn changed(batch: Option<WatchBatch>) -> Vec<PathBuf> {
+        match batch {
+            Some(WatchBatch::Changed(paths)) => paths,
+            other => panic!("expected changed paths, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_file_is_handed_out_once_quiet_closed_and_no_longer_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.jpg");
+        std::fs::write(&file, b"half").unwrap();
+        let mut s = Settler::new(vec![dir.path().to_path_buf()], TIMING);
+        let t0 = Instant::now();
+        s.note(event(EventKind::Create(CreateKind::File), &[&file]), t0);
+        assert_eq!(s.take(secs(t0, 0.5)), None, "not quiet yet");
+        if cfg!(target_os = "linux") {
+            assert_eq!(s.take(secs(t0, 5.0)), None, "still open for writing");
+            s.note(
+                event(
+                    EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                    &[&file],
+                ),
+                secs(t0, 5.0),
+            );
+            s.note(
+                event(
+                    EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                    &[&file],
+                ),
+                secs(t0, 5.0),
+            );
+        }
+        // Grows without an event (a writer on another machine): the size check holds it back.
+        std::fs::write(&file, b"half and the rest").unwrap();
+        assert_eq!(
+            s.take(secs(t0, 6.5)),
+            None,
+            "the size changed since the last event"
+        );
+        assert_eq!(changed(s.take(secs(t0, 8.0))), [file.clone()]);
+        assert_eq!(s.take(secs(t0, 9.0)), None, "handed out once");
+        // Without a close on platforms that report closes, patience runs out eventually.
+        s.note(
+            event(EventKind::Create(CreateKind::File), &[&file]),
+            secs(t0, 10.0),
+        );
+        assert_eq!(changed(s.take(secs(t0, 10.0 + 31.0))), [file]);
+    }
+
+    #[test]
+    fn a_long_copy_is_handed_out_in_batches_and_both_ends_of_a_move_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, gone) = (
+            dir.path().join("a.png"),
+            dir.path().join("b.png"),
+            dir.path().join("old.png"),
+        );
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let mut s = Settler::new(vec![dir.path().to_path_buf()], TIMING);
+        let t0 = Instant::now();
+        let renamed = EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::Both));
+        s.note(event(renamed, &[&gone, &a]), t0);
+        // `b` keeps being written: `a` and the vanished `old.png` wait for it...
+        for k in 0..9 {
+            s.note(
+                event(EventKind::Modify(ModifyKind::Any), &[&b]),
+                secs(t0, f64::from(k)),
+            );
+            assert_eq!(s.take(secs(t0, f64::from(k) + 0.5)), None, "at {k} s");
+        }
+        // ...until the oldest has waited max_wait: then what settled goes, together.
+        s.note(
+            event(EventKind::Modify(ModifyKind::Any), &[&b]),
+            secs(t0, 10.0),
+        );
+        assert_eq!(changed(s.take(secs(t0, 10.2))), [a, gone]);
+        assert_eq!(changed(s.take(secs(t0, 11.5))), [b]);
+    }
+
+    #[test]
+    fn lost_events_and_watcher_errors_ask_for_a_full_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.png");
+        let mut s = Settler::new(vec![dir.path().to_path_buf()], TIMING);
+        let t0 = Instant::now();
+        s.note(event(EventKind::Remove(RemoveKind::File), &[&file]), t0);
+        s.note(Ok(Event::new(EventKind::Other).set_flag(Flag::Rescan)), t0);
+        assert_eq!(s.take(t0), Some(WatchBatch::Rescan));
+        assert_eq!(
+            s.take(secs(t0, 5.0)),
+            None,
+            "the walk covers what was pending"
+        );
+        s.note(Err(notify::Error::generic("queue overflow")), t0);
+        assert_eq!(s.take(t0), Some(WatchBatch::Rescan));
+    }
+
+    #[test]
+    fn hidden_entries_and_reads_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join(".library-in-a-hidden-folder");
+        let mut s = Settler::new(vec![root.clone()], TIMING);
+        let t0 = Instant::now();
+        s.note(
+            event(
+                EventKind::Create(CreateKind::File),
+                &[&root.join(".DS_Store"), &root.join(".thumbs/a.jpg")],
+            ),
+            t0,
+        );
+        s.note(
+            event(
+                EventKind::Access(AccessKind::Read),
+                &[&root.join("photo.jpg")],
+            ),
+            t0,
+        );
+        assert_eq!(s.take(secs(t0, 60.0)), None);
+        s.note(
+            event(
+                EventKind::Remove(RemoveKind::File),
+                &[&root.join("photo.jpg")],
+            ),
+            t0,
+        );
+        assert_eq!(changed(s.take(secs(t0, 2.0))), [root.join("photo.jpg")]);
     }
 }

@@ -25,6 +25,8 @@ struct FakeRepo {
     cut_once: Option<String>,
     /// A file served with a SHA-256 etag that its bytes do not have.
     lying_etag: Option<String>,
+    /// A gated repository: answered only with `Authorization: Bearer {token}`.
+    token: Option<&'static str>,
 }
 
 /// What the fake hub was asked: "GET path [range]".
@@ -69,6 +71,7 @@ fn answer(
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut range = None;
+    let mut authorization = None;
     loop {
         let mut line = String::new();
         reader.read_line(&mut line)?;
@@ -79,6 +82,9 @@ fn answer(
         if let Some((name, value)) = line.split_once(':') {
             if name.eq_ignore_ascii_case("range") {
                 range = Some(value.trim().to_string());
+            }
+            if name.eq_ignore_ascii_case("authorization") {
+                authorization = Some(value.trim().to_string());
             }
         }
     }
@@ -97,6 +103,15 @@ fn answer(
     };
     let mut repos = repos.lock().unwrap();
     let resolves = |repo: &FakeRepo, rev: &str| rev == COMMIT || repo.aliases.contains(&rev);
+    let gated = |repo: &FakeRepo| {
+        repo.token
+            .is_some_and(|t| authorization.as_deref() != Some(&format!("Bearer {t}")))
+    };
+    let unauthorized = |stream: &mut TcpStream| {
+        stream.write_all(
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 12\r\nConnection: close\r\n\r\nAccess to it",
+        )
+    };
 
     if let Some(rest) = path.strip_prefix("/api/models/") {
         let Some((name, rev)) = rest.split_once("/revision/") else {
@@ -105,6 +120,9 @@ fn answer(
         let Some(repo) = repos.get(name).filter(|r| resolves(r, rev)) else {
             return not_found(&mut stream);
         };
+        if gated(repo) {
+            return unauthorized(&mut stream);
+        }
         let siblings: Vec<_> = repo
             .files
             .iter()
@@ -201,7 +219,48 @@ fn repo(cut_once: Option<&str>, lying_etag: Option<&str>) -> FakeRepo {
         files: small_b_files(),
         cut_once: cut_once.map(String::from),
         lying_etag: lying_etag.map(String::from),
+        token: None,
     }
+}
+
+#[test]
+fn a_gated_repository_needs_the_token_from_hf_token_or_the_saved_token_file() {
+    let gated = FakeRepo {
+        token: Some("hf_secret"),
+        ..repo(None, None)
+    };
+    let hub = FakeHub::start(HashMap::from([("org/gated", gated)]));
+    let home = tempfile::tempdir().unwrap();
+    let out = embed_text(home.path(), &hub.endpoint, false, "org/gated");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("401") && stderr(&out).contains("HF_TOKEN"),
+        "{}",
+        stderr(&out)
+    );
+    // The token huggingface-cli login saves in HF_HOME/token.
+    std::fs::write(home.path().join("token"), "hf_secret\n").unwrap();
+    let out = embed_text(home.path(), &hub.endpoint, false, "org/gated");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, local_embedding());
+    // HF_TOKEN, with a fresh cache.
+    let fresh = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args([
+            "embed-text",
+            "--model",
+            "org/gated",
+            "--json",
+            "a red circle",
+        ])
+        .env("HF_HOME", fresh.path())
+        .env("HF_ENDPOINT", &hub.endpoint)
+        .env("HF_TOKEN", "hf_secret")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_HUB_CACHE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 fn quarry(hf_home: &Path, endpoint: &str, offline: bool, args: &[&str]) -> Output {

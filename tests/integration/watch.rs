@@ -292,6 +292,22 @@ fn serve_watch_indexes_what_lands_and_the_job_says_so() {
         "serve --watch: 5 copied in, searchable after {:.2?}",
         started.elapsed().max(took)
     );
+    // Search follows: every photo that landed is found, under its path in the library.
+    let (status, found) = server.call("GET", "/api/v1/search?q=a%20red%20circle&k=10", &[], &[]);
+    assert_eq!(status, 200, "{found}");
+    let mut paths: Vec<PathBuf> = found["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| PathBuf::from(h["path"].as_str().unwrap()))
+        .collect();
+    paths.sort();
+    let mut expected: Vec<PathBuf> = std::fs::read_dir(&library)
+        .unwrap()
+        .map(|e| std::path::absolute(e.unwrap().path()).unwrap())
+        .collect();
+    expected.sort();
+    assert_eq!(paths, expected);
     let (status, job) = server.call("GET", "/api/v1/index", &[], &[]);
     assert_eq!(status, 200);
     assert_eq!(job["origin"], "watch", "{job}");
