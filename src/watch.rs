@@ -360,7 +360,7 @@ mod tests {
             None,
             "the size changed since the last event"
         );
-        assert_eq!(changed(s.take(secs(t0, 8.0))), [file.clone()]);
+        assert_eq!(changed(s.take(secs(t0, 8.0))), std::slice::from_ref(&file));
         assert_eq!(s.take(secs(t0, 9.0)), None, "handed out once");
         // Without a close on platforms that report closes, patience runs out eventually.
         s.note(
