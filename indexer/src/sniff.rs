@@ -37,8 +37,21 @@ pub enum ImageKind {
 }
 
 impl ImageKind {
+    /// Every format, in the order users see them listed.
+    pub const ALL: [ImageKind; 9] = [
+        ImageKind::Jpeg,
+        ImageKind::Png,
+        ImageKind::WebP,
+        ImageKind::Gif,
+        ImageKind::Bmp,
+        ImageKind::Tiff,
+        ImageKind::Heic,
+        ImageKind::Avif,
+        ImageKind::JpegXl,
+    ];
+
     /// A short lower-case name, as users know the format.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             ImageKind::Jpeg => "jpeg",
             ImageKind::Png => "png",

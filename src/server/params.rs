@@ -6,13 +6,23 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::ApiError;
+use crate::indexer::ImageKind;
 use crate::search::{SortOrder, TextQuery};
 
 /// Results returned when `k` is not given.
 pub const DEFAULT_K: usize = 24;
 
-/// The image formats the `type` filter accepts.
-pub const FORMATS: [&str; 6] = ["jpeg", "png", "webp", "gif", "bmp", "tiff"];
+/// The image formats the `type` filter accepts: every format the indexer records (camera RAW
+/// files are TIFF structures and are recorded as `tiff`).
+pub const FORMATS: [&str; 9] = {
+    let mut names = [""; 9];
+    let mut i = 0;
+    while i < ImageKind::ALL.len() {
+        names[i] = ImageKind::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// One parameter's value as text (numbers in JSON bodies are accepted as numbers or strings).
 fn as_text(key: &str, value: &Value) -> Result<Option<String>, ApiError> {

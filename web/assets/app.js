@@ -33,7 +33,7 @@ const GET_URL_LIMIT = 2000;
 const POLL_MS = 1000;
 const TOKEN_KEY = 'quarry.token';
 const BROWSER_FORMATS = new Set(['jpeg', 'jpg', 'png', 'webp', 'gif', 'bmp']);
-const IMAGE_NAME = /\.(jpe?g|png|webp|gif|bmp|tiff?)$/i;
+const IMAGE_NAME = /\.(jpe?g|png|webp|gif|bmp|tiff?|heic|heif|avif|jxl|dng|nef|nrw|arw|cr2|pef)$/i;
 
 const $ = (id) => document.getElementById(id);
 
