@@ -69,6 +69,10 @@ pub struct ServerFlags {
     /// Largest uploaded image, in MiB.
     #[arg(long, default_value_t = 20, value_name = "MIB")]
     max_upload_mib: usize,
+    /// A folder that POST /index may index (repeatable; paths under it only) [default: any
+    /// absolute path, or the --watch folders when there are some].
+    #[arg(long, value_name = "DIR")]
+    index_root: Vec<PathBuf>,
 }
 
 impl ServerFlags {
@@ -210,6 +214,18 @@ pub(super) fn serve(
         limits: Limits {
             max_upload_bytes: flags.max_upload_mib.max(1) << 20,
             ..Limits::default()
+        },
+        index_roots: if flags.index_root.is_empty() {
+            watch
+                .as_ref()
+                .map(|(_, roots)| roots.clone())
+                .unwrap_or_default()
+        } else {
+            flags
+                .index_root
+                .iter()
+                .map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()))
+                .collect()
         },
     };
     if !flags.bind.ip().is_loopback() && config.token.is_none() {

@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub search: SearchSettings,
     /// Body limits.
     pub limits: Limits,
+    /// Folders `POST /index` may index (paths under them only); empty: any absolute path.
+    pub index_roots: Vec<PathBuf>,
 }
 
 /// Bounds model work: a permit per request, waited for at most `wait`.
@@ -145,6 +147,8 @@ pub struct AppState {
     pub jobs: JobTracker,
     /// Where thumbnails are cached.
     pub thumbnails: PathBuf,
+    /// Folders `POST /index` may index; empty: any absolute path.
+    pub index_roots: Vec<PathBuf>,
 }
 
 impl AppState {
@@ -161,6 +165,7 @@ impl AppState {
             token: config.token.clone(),
             jobs: JobTracker::default(),
             thumbnails,
+            index_roots: config.index_roots.clone(),
         }
     }
 

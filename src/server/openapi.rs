@@ -16,13 +16,24 @@ fn json_ok(description: &str, schema: &str) -> Value {
            "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
 }
 
+/// `responses` with the entries of `more` added.
+fn merged(mut responses: Value, more: Value) -> Value {
+    if let (Value::Object(r), Value::Object(m)) = (&mut responses, more) {
+        r.extend(m);
+    }
+    responses
+}
+
 /// The document.
 pub fn document(search: &SearchSettings, limits: &Limits) -> Value {
     let k_param = json!({"name": "k", "in": "query", "required": false,
         "description": format!("Results wanted, 1 to {} (default {DEFAULT_K}); outside: 400 k_out_of_range.", search.max_k),
         "schema": {"type": "integer", "minimum": 1, "maximum": search.max_k}});
     let id_param = json!({"name": "id", "in": "path", "required": true,
-        "schema": {"type": "integer", "minimum": 0}});
+        "description": "An image id (a whole number); anything else: 400.",
+        "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}});
+    // Text that is not only white space: what q and added texts must be.
+    let text_schema = json!({"type": "string", "minLength": 1, "maxLength": search.max_query_chars, "pattern": "\\S"});
     let upload = json!({"required": true, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["image"],
         "properties": {"image": {"type": "string", "contentMediaType": "application/octet-stream",
@@ -55,42 +66,50 @@ pub fn document(search: &SearchSettings, limits: &Limits) -> Value {
         }
     );
     let search_params = json!([
-        {"name": "q", "in": "query", "required": true, "description": format!("The text, at most {} characters; empty: 400 empty_query.", search.max_query_chars), "schema": {"type": "string"}},
+        {"name": "q", "in": "query", "required": true, "description": format!("The text, at most {} characters; empty: 400 empty_query.", search.max_query_chars), "schema": text_schema},
         k_param,
         {"name": "min_match", "in": "query", "description": "Relevance cutoff on the ITM match probability, 0 to 1.", "schema": {"type": "number", "minimum": 0, "maximum": 1}},
         {"name": "folder", "in": "query", "description": "Only images under this folder (path prefix, whole components).", "schema": {"type": "string"}},
-        {"name": "from", "in": "query", "description": "Only images dated on or after this day (YYYY-MM-DD, UTC).", "schema": {"type": "string", "format": "date"}},
+        {"name": "from", "in": "query", "description": "Only images dated on or after this day (YYYY-MM-DD, UTC). After `to`: no hits.", "schema": {"type": "string", "format": "date"}},
         {"name": "to", "in": "query", "description": "Only images dated on or before this day (YYYY-MM-DD, inclusive).", "schema": {"type": "string", "format": "date"}},
         {"name": "type", "in": "query", "description": "Only this file type.", "schema": {"type": "string", "enum": FORMATS}},
         {"name": "sort", "in": "query", "schema": {"type": "string", "enum": ["relevance", "date"], "default": "relevance"}},
         {"name": "rerank", "in": "query", "description": format!("Candidates re-ranked by ITM, 0 to {} (0: ITC + BM25 only).", search.max_rerank), "schema": {"type": "integer", "minimum": 0, "maximum": search.max_rerank}}
     ]);
+    let search_body = json!({"type": "object", "required": ["q"], "additionalProperties": false, "properties": {
+        "q": text_schema,
+        "k": {"type": "integer", "minimum": 1, "maximum": search.max_k},
+        "min_match": {"type": "number", "minimum": 0, "maximum": 1},
+        "rerank": {"type": "integer", "minimum": 0, "maximum": search.max_rerank},
+        "folder": {"type": "string"},
+        "from": {"type": "string", "format": "date"},
+        "to": {"type": "string", "format": "date"},
+        "type": {"type": "string", "enum": FORMATS},
+        "sort": {"type": "string", "enum": ["relevance", "date"]}}});
+    let id_errors = |not_found: &str| {
+        json!({
+        "400": error_response("The id is not a whole number, or a parameter is bad (k)."),
+        "404": error_response(not_found)})
+    };
     let errors = json!({
-        "400": error_response("Bad input: bad_request, invalid_json, empty_query, query_too_long, k_out_of_range."),
+        "400": error_response("Bad input: bad_request, invalid_json, empty_query, query_too_long, k_out_of_range. Empty values of typed parameters (k=, type=) are bad input, not \"not given\"."),
         "413": error_response("payload_too_large."),
         "415": error_response("unsupported_media: the body is not of the expected type, or the upload is not a decodable image."),
         "503": error_response("busy: every model slot stayed busy; retry shortly.")
     });
-    let with_errors = |mut responses: Value| {
-        if let (Value::Object(r), Value::Object(e)) = (&mut responses, &errors) {
-            for (k, v) in e {
-                r.insert(k.clone(), v.clone());
-            }
-        }
-        responses
-    };
+    let with_errors = |responses: Value| merged(responses, errors.clone());
     let bearer = json!([{"bearer": []}]);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "quarry", "version": "1",
-                 "description": "Image–text search over one store with BLIP-2. Errors are {\"error\": code, \"message\": sentence}; 4xx for the request's faults, 5xx only for the server's."},
+                 "description": "Image–text search over one store with BLIP-2. Errors are {\"error\": code, \"message\": sentence}; 4xx for the request's faults, 5xx only for the server's. Same-origin only: no CORS headers are ever sent and preflight (OPTIONS) requests get 405, so another site's page open in the user's browser can neither read results nor add texts or start jobs."},
         "servers": [{"url": "/api/v1"}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                 "description": "Needed for POST /texts and POST /index when the server runs with --token."}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error", "message"], "properties": {
-                    "error": {"type": "string", "enum": ["bad_request", "invalid_json", "query_too_long", "k_out_of_range", "empty_query", "not_found", "payload_too_large", "unsupported_media", "unauthorized", "busy", "internal"]},
+                    "error": {"type": "string", "enum": ["bad_request", "invalid_json", "query_too_long", "k_out_of_range", "empty_query", "not_found", "method_not_allowed", "payload_too_large", "unsupported_media", "unauthorized", "busy", "internal"]},
                     "message": {"type": "string"}}},
                 "Scores": {"type": "object", "properties": {
                     "itc": {"type": "number", "description": "Max over the image's 32 query vectors of the dot with the text vector."},
@@ -133,8 +152,8 @@ pub fn document(search: &SearchSettings, limits: &Limits) -> Value {
             "/search": {
                 "get": {"summary": "Text → image", "description": search_description, "parameters": search_params,
                         "responses": with_errors(json!({"200": json_ok("Hits best first (or by date).", "SearchResults")}))},
-                "post": {"summary": "Text → image, parameters as a JSON object", "description": "The same fields as the GET parameters; numbers may be JSON numbers or strings.",
-                         "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["q"]}}}},
+                "post": {"summary": "Text → image, parameters as a JSON object", "description": "The same fields as the GET parameters, typed: numbers are JSON numbers, the rest strings; unknown fields: 400.",
+                         "requestBody": {"required": true, "content": {"application/json": {"schema": search_body}}},
                          "responses": with_errors(json!({"200": json_ok("As GET.", "SearchResults")}))}
             },
             "/image-to-text": {"post": {"summary": "Image → text",
@@ -146,19 +165,20 @@ pub fn document(search: &SearchSettings, limits: &Limits) -> Value {
                 "parameters": [k_param], "requestBody": upload,
                 "responses": with_errors(json!({"200": json_ok("Most similar first; scores: {similarity}.", "SimilarResults")}))}},
             "/images/{id}": {"get": {"summary": "An image's metadata (as a hit, plus size, camera, indexed_batch, date_s)", "parameters": [id_param],
-                "responses": {"200": json_ok("The image.", "Image"), "400": error_response("The id is not a number."), "404": error_response("No such image.")}}},
+                "responses": merged(json!({"200": json_ok("The image.", "Image")}), id_errors("No such image."))}},
             "/images/{id}/thumbnail": {"get": {"summary": format!("JPEG, longest side at most {} px, generated once and cached in the store folder", super::routes::THUMBNAIL_SIDE), "parameters": [id_param],
-                "responses": {"200": {"description": "image/jpeg", "content": {"image/jpeg": {}}}, "404": error_response("No such image, or its file is gone.")}}},
+                "responses": merged(json!({"200": {"description": "image/jpeg", "content": {"image/jpeg": {}}}}), id_errors("No such image, or its file is gone."))}},
             "/images/{id}/file": {"get": {"summary": "The original file (only paths recorded in the store are ever read)", "parameters": [id_param],
-                "responses": {"200": {"description": "The file, with its image content type."}, "404": error_response("No such image, or its file is gone.")}}},
+                "responses": merged(json!({"200": {"description": "The file, with its image content type."}}), id_errors("No such image, or its file is gone."))}},
             "/images/{id}/similar": {"get": {"summary": "Image → image for an indexed image (itself excluded); similarity as for /image-to-image", "parameters": [id_param, k_param],
-                "responses": {"200": json_ok("Most similar first.", "SimilarResults"), "404": error_response("No such image.")}}},
+                "responses": merged(json!({"200": json_ok("Most similar first.", "SimilarResults")}), id_errors("No such image."))}},
             "/texts": {"post": {"summary": "Add texts for image → text", "security": bearer,
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["texts"], "properties": {"texts": {"type": "array", "items": {"type": "string"}, "maxItems": limits.max_texts}}}}}},
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["texts"], "additionalProperties": false, "properties": {"texts": {"type": "array", "items": text_schema, "minItems": 1, "maxItems": limits.max_texts}}}}}},
                 "responses": with_errors(json!({"201": {"description": "{\"ids\": [..]}"}, "401": error_response("unauthorized")}))}},
             "/index": {
                 "post": {"summary": "Start an indexing job over folders on the server (one at a time)", "security": bearer,
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["paths"], "properties": {"paths": {"type": "array", "items": {"type": "string"}}}}}}},
+                    "description": "Paths are absolute, as the server sees them, existing, and under the server's --index-root folders when it has any (else 400).",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["paths"], "additionalProperties": false, "properties": {"paths": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": "^/"}}}}}}},
                     "responses": with_errors(json!({"202": {"description": "{\"job\": n}"}, "401": error_response("unauthorized"), "429": error_response("busy: a job is running")}))},
                 "get": {"summary": "The current or last job's progress", "responses": {"200": json_ok("Progress.", "Job")}}
             },

@@ -24,23 +24,57 @@ pub const FORMATS: [&str; 9] = {
     names
 };
 
-/// One parameter's value as text (numbers in JSON bodies are accepted as numbers or strings).
-fn as_text(key: &str, value: &Value) -> Result<Option<String>, ApiError> {
+/// Where a parameter came from: a query string gives text for everything; a JSON body gives
+/// typed values, and the document says which type each field has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `?k=5&q=…`: numbers are written in digits.
+    Query,
+    /// `{"k": 5, "q": "…"}`: numbers are JSON numbers, texts JSON strings.
+    Json,
+}
+
+/// A text parameter: a JSON string, or any query value.
+fn text_value(key: &str, value: &Value, source: Source) -> Result<String, ApiError> {
     match value {
-        Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s.clone())),
-        Value::Number(n) => Ok(Some(n.to_string())),
-        Value::Bool(b) => Ok(Some(b.to_string())),
+        Value::String(s) => Ok(s.clone()),
+        _ if source == Source::Query => Ok(value.to_string()),
         _ => Err(ApiError::bad_request(format!(
-            "parameter `{key}` must be a string or a number"
+            "parameter `{key}` must be a JSON string"
         ))),
     }
 }
 
-/// Parses `k` (also used by the image routes): a whole number; out of range is
-/// `k_out_of_range`, not a number is `bad_request`.
+/// A numeric parameter as text: digits from a query string, a JSON number from a body. Empty
+/// query values are refused: `k=` is not a number, and is not "not given" either.
+fn number_text(key: &str, value: &Value, source: Source) -> Result<String, ApiError> {
+    let text = match (value, source) {
+        // JSON Schema counts 62.0 as the integer 62: so does the API.
+        (Value::Number(n), Source::Json) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => u.to_string(),
+            (_, Some(i), _) => i.to_string(),
+            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("{f:.0}"),
+            _ => n.to_string(),
+        },
+        (Value::String(s), Source::Query) => s.clone(),
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "parameter `{key}` must be a JSON number"
+            )))
+        }
+    };
+    if text.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "parameter `{key}` is empty: leave it out, or give a number"
+        )));
+    }
+    Ok(text)
+}
+
+/// Parses `k` (also used by the image routes): a whole number written in digits; out of range
+/// is `k_out_of_range`, anything else `bad_request`. Absent: the default.
 pub fn parse_k(value: Option<&str>, max: usize) -> Result<usize, ApiError> {
-    let Some(raw) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+    let Some(raw) = value else {
         return Ok(DEFAULT_K.min(max));
     };
     let out_of_range = || {
@@ -50,19 +84,34 @@ pub fn parse_k(value: Option<&str>, max: usize) -> Result<usize, ApiError> {
             format!("k = {raw} is out of range: ask for 1 to {max} results"),
         )
     };
-    if raw.bytes().all(|b| b.is_ascii_digit()) {
+    if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
         let k: u64 = raw.parse().map_err(|_| out_of_range())?;
         if k == 0 || k > max as u64 {
             return Err(out_of_range());
         }
         return Ok(k as usize);
     }
-    if raw.starts_with('-') && raw[1..].bytes().all(|b| b.is_ascii_digit()) {
+    if raw.len() > 1 && raw.starts_with('-') && raw[1..].bytes().all(|b| b.is_ascii_digit()) {
         return Err(out_of_range());
     }
     Err(ApiError::bad_request(format!(
         "k = {raw:?} is not a whole number; ask for 1 to {max} results"
     )))
+}
+
+/// Parses `rerank`: a whole number written in digits (0 = no ITM re-ranking); absent: `None`.
+pub fn parse_rerank(value: Option<&str>) -> Result<Option<usize>, ApiError> {
+    let Some(raw) = value else {
+        return Ok(None);
+    };
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::bad_request(format!(
+            "rerank = {raw:?} is not a whole number (0 = no ITM re-ranking)"
+        )));
+    }
+    raw.parse()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request(format!("rerank = {raw} is too large")))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -111,31 +160,32 @@ pub fn parse_date(key: &str, raw: &str) -> Result<i64, ApiError> {
     Ok(days_from_civil(y, m, d) * 86_400)
 }
 
-/// A text query from `(key, value)` pairs; unknown keys are refused so typos do not pass
-/// silently.
+/// A text query from `(key, value)` pairs, read as the API document describes them: unknown
+/// keys are refused so typos do not pass silently, and so are empty values of typed
+/// parameters (`type=`, `from=`, `k=`): they match no value the document allows.
 pub fn text_query<'a>(
     pairs: impl IntoIterator<Item = (&'a str, &'a Value)>,
+    source: Source,
     max_k: usize,
 ) -> Result<TextQuery, ApiError> {
     let mut q = None;
     let mut query = TextQuery::new("", DEFAULT_K.min(max_k));
     let mut k = None;
     for (key, value) in pairs {
-        let Some(text) = as_text(key, value)? else {
-            continue;
-        };
         match key {
-            "q" => q = Some(text),
-            "k" => k = Some(text),
+            "q" => q = Some(text_value(key, value, source)?),
+            "k" => k = Some(number_text(key, value, source)?),
             "min_match" => {
-                if text.trim().is_empty() {
-                    continue;
-                }
-                let m: f32 = text.trim().parse().map_err(|_| {
-                    ApiError::bad_request(format!(
+                let text = number_text(key, value, source)?;
+                let m: f32 = text
+                    .parse()
+                    .ok()
+                    .filter(|m: &f32| m.is_finite())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
                         "min_match = {text:?} is not a number; give a match probability from 0 to 1"
                     ))
-                })?;
+                    })?;
                 if !(0.0..=1.0).contains(&m) {
                     return Err(ApiError::bad_request(format!(
                         "min_match = {m} is out of range: give a match probability from 0 to 1"
@@ -144,39 +194,36 @@ pub fn text_query<'a>(
                 query.min_match = Some(m);
             }
             "rerank" => {
-                if text.trim().is_empty() {
-                    continue;
+                query.rerank = parse_rerank(Some(&number_text(key, value, source)?))?;
+            }
+            "folder" => {
+                let folder = text_value(key, value, source)?;
+                // An empty folder is no folder filter (the document allows any string).
+                if !folder.is_empty() {
+                    query.filters.folder = Some(PathBuf::from(folder));
                 }
-                query.rerank = Some(text.trim().parse().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "rerank = {text:?} is not a whole number (0 = no ITM re-ranking)"
-                    ))
-                })?);
             }
-            "folder" if !text.trim().is_empty() => {
-                query.filters.folder = Some(PathBuf::from(text.trim()))
+            "from" => {
+                query.filters.from_s = Some(parse_date("from", &text_value(key, value, source)?)?)
             }
-            "from" if !text.trim().is_empty() => {
-                query.filters.from_s = Some(parse_date("from", &text)?)
-            }
-            "to" if !text.trim().is_empty() => {
+            "to" => {
                 // Inclusive: up to the end of that day.
-                query.filters.to_s = Some(parse_date("to", &text)? + 86_400)
+                query.filters.to_s =
+                    Some(parse_date("to", &text_value(key, value, source)?)? + 86_400)
             }
-            "type" if !text.trim().is_empty() => {
-                let t = text.trim().to_ascii_lowercase();
-                let t = if t == "jpg" { "jpeg".to_string() } else { t };
+            "type" => {
+                let t = text_value(key, value, source)?;
                 if !FORMATS.contains(&t.as_str()) {
                     return Err(ApiError::bad_request(format!(
-                        "type = {text:?} is not a known format; use one of {}",
+                        "type = {t:?} is not a known format; use one of {}",
                         FORMATS.join(", ")
                     )));
                 }
                 query.filters.format = Some(t);
             }
             "sort" => {
-                query.sort = match text.trim() {
-                    "" | "relevance" => SortOrder::Relevance,
+                query.sort = match text_value(key, value, source)?.as_str() {
+                    "relevance" => SortOrder::Relevance,
                     "date" => SortOrder::Date,
                     other => {
                         return Err(ApiError::bad_request(format!(
@@ -185,7 +232,6 @@ pub fn text_query<'a>(
                     }
                 }
             }
-            "folder" | "from" | "to" | "type" => {}
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unknown parameter `{other}`; search takes q, k, min_match, rerank, folder, \
@@ -194,7 +240,7 @@ pub fn text_query<'a>(
             }
         }
     }
-    query.text = q.ok_or_else(|| {
+    query.text = q.filter(|q| !q.trim().is_empty()).ok_or_else(|| {
         ApiError::new(
             actix_web::http::StatusCode::BAD_REQUEST,
             "empty_query",
@@ -202,13 +248,8 @@ pub fn text_query<'a>(
         )
     })?;
     query.k = parse_k(k.as_deref(), max_k)?;
-    if let (Some(from), Some(to)) = (query.filters.from_s, query.filters.to_s) {
-        if from >= to {
-            return Err(ApiError::bad_request(
-                "`from` is after `to`: the date range is empty",
-            ));
-        }
-    }
+    // `from` after `to` is an empty range: no hits, as the document says (each date is valid
+    // on its own, and a schema cannot relate two fields).
     Ok(query)
 }
 
@@ -237,26 +278,68 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(parse_k(Some("ten"), 200).unwrap_err().code, "bad_request");
+        for bad in ["ten", "", " 5", "5.0", "-"] {
+            assert_eq!(
+                parse_k(Some(bad), 200).unwrap_err().code,
+                "bad_request",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(parse_rerank(Some("0")).unwrap(), Some(0));
+        assert_eq!(parse_rerank(None).unwrap(), None);
+        assert!(parse_rerank(Some("")).is_err() && parse_rerank(Some("x")).is_err());
     }
 
     #[test]
     fn query_pairs_parse_and_refuse_unknown_keys() {
         let v = |s: &str| Value::String(s.into());
-        let (q, k, t, to) = (v("red circle"), Value::from(7), v("JPG"), v("2021-06-01"));
-        let query = text_query([("q", &q), ("k", &k), ("type", &t), ("to", &to)], 200).unwrap();
+        let (q, k, t, to) = (v("red circle"), Value::from(7), v("jpeg"), v("2021-06-01"));
+        let query = text_query(
+            [("q", &q), ("k", &k), ("type", &t), ("to", &to)],
+            Source::Json,
+            200,
+        )
+        .unwrap();
         assert_eq!(query.text, "red circle");
         assert_eq!(query.k, 7);
         assert_eq!(query.filters.format.as_deref(), Some("jpeg"));
         assert_eq!(query.filters.to_s, Some(1_622_505_600 + 86_400));
         let bad = v("x");
         assert_eq!(
-            text_query([("q", &q), ("kk", &bad)], 200).unwrap_err().code,
+            text_query([("q", &q), ("kk", &bad)], Source::Query, 200)
+                .unwrap_err()
+                .code,
             "bad_request"
         );
         assert_eq!(
-            text_query([("k", &k)], 200).unwrap_err().code,
+            text_query([("k", &k)], Source::Json, 200).unwrap_err().code,
             "empty_query"
         );
+        // What the document does not allow is refused, from either source.
+        let (empty, null, five) = (v(""), Value::Null, v("5"));
+        for (key, value, source) in [
+            ("k", &empty, Source::Query),
+            ("type", &empty, Source::Query),
+            ("sort", &empty, Source::Query),
+            ("from", &empty, Source::Query),
+            ("min_match", &empty, Source::Query),
+            ("rerank", &empty, Source::Query),
+            ("type", &v("JPG"), Source::Query),
+            ("k", &five, Source::Json),
+            ("q", &null, Source::Json),
+        ] {
+            let pairs = [("q", &q), (key, value)];
+            let pairs: Vec<(&str, &Value)> = if key == "q" {
+                vec![(key, value)]
+            } else {
+                pairs.to_vec()
+            };
+            assert!(
+                text_query(pairs, source, 200).is_err(),
+                "{key} = {value} from {source:?} is refused"
+            );
+        }
+        // An empty folder is no filter.
+        assert!(text_query([("q", &q), ("folder", &empty)], Source::Query, 200).is_ok());
     }
 }

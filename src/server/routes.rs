@@ -4,13 +4,16 @@
 use std::path::{Path, PathBuf};
 
 use actix_multipart::Multipart;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::params::{parse_k, text_query};
+use super::params::{parse_k, parse_rerank, text_query, Source};
 use super::{ApiError, AppState};
 use crate::search::{HitScores, ImageResults, TextResults, Timing};
 use crate::store::{BatchWrite, ImageRecord, NewText, TextSource};
@@ -21,37 +24,76 @@ type State = web::Data<AppState>;
 pub fn register(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
-            .route("/health", web::get().to(health))
-            .route("/stats", web::get().to(stats))
-            .route("/search", web::get().to(search_get))
-            .route("/search", web::post().to(search_post))
-            .route("/image-to-text", web::post().to(image_to_text))
-            .route("/image-to-image", web::post().to(image_to_image))
-            .route("/images/{id}", web::get().to(image_meta))
-            .route("/images/{id}/thumbnail", web::get().to(thumbnail))
-            .route("/images/{id}/file", web::get().to(original))
-            .route("/images/{id}/similar", web::get().to(similar))
-            .route("/texts", web::post().to(add_texts))
-            .route("/index", web::post().to(start_index))
-            .route("/index", web::get().to(index_status))
-            .route("/openapi.json", web::get().to(openapi))
+            .service(resource("/health", "GET").route(web::get().to(health)))
+            .service(resource("/stats", "GET").route(web::get().to(stats)))
+            .service(
+                resource("/search", "GET, POST")
+                    .route(web::get().to(search_get))
+                    .route(web::post().to(search_post)),
+            )
+            .service(resource("/image-to-text", "POST").route(web::post().to(image_to_text)))
+            .service(resource("/image-to-image", "POST").route(web::post().to(image_to_image)))
+            .service(resource("/images/{id}", "GET").route(web::get().to(image_meta)))
+            .service(resource("/images/{id}/thumbnail", "GET").route(web::get().to(thumbnail)))
+            .service(resource("/images/{id}/file", "GET").route(web::get().to(original)))
+            .service(resource("/images/{id}/similar", "GET").route(web::get().to(similar)))
+            .service(
+                resource("/texts", "POST")
+                    .wrap(from_fn(token_before_body))
+                    .route(web::post().to(add_texts)),
+            )
+            .service(
+                resource("/index", "GET, POST")
+                    .wrap(from_fn(token_before_body))
+                    .route(web::post().to(start_index))
+                    .route(web::get().to(index_status)),
+            )
+            .service(resource("/openapi.json", "GET").route(web::get().to(openapi)))
             .default_service(web::to(api_not_found)),
     );
 }
 
-async fn api_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    if ["GET", "POST"].contains(&req.method().as_str()) {
-        return Err(ApiError::not_found(format!(
-            "no API route {} {}; see /api/v1/openapi.json",
-            req.method(),
-            req.path()
-        )));
+/// A route's resource: methods it does not serve get 405 with the `Allow` header RFC 9110
+/// asks for (`allowed`, as written there).
+fn resource(path: &str, allowed: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
+        HttpResponse::MethodNotAllowed()
+            .insert_header(("Allow", allowed))
+            .insert_header(("Cache-Control", "no-store"))
+            .json(json!({
+                "error": "method_not_allowed",
+                "message": format!("{} {} is not served; this route takes {allowed}", req.method(), req.path()),
+            }))
+    }))
+}
+
+/// Checks the token of writes before anything reads the body: a request without the token is
+/// answered 401 whatever it carries (a malformed body must not reveal how it would be parsed).
+async fn token_before_body(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if req.method() == actix_web::http::Method::POST {
+        if let Some(state) = req.app_data::<State>() {
+            if let Err(e) = check_token(state, req.request()) {
+                // Answered here, as a response (not an error), so it reads the same to every
+                // client and test harness.
+                let response = actix_web::ResponseError::error_response(&e);
+                return Ok(req.into_response(response).map_into_right_body());
+            }
+        }
     }
-    Err(ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "bad_request",
-        format!("method {} is not used by this API", req.method()),
-    ))
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
+
+async fn api_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!(
+        "no API route {} {}; see /api/v1/openapi.json",
+        req.method(),
+        req.path()
+    )))
 }
 
 fn check_token(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
@@ -214,6 +256,7 @@ async fn search_get(
         .collect();
     let q = text_query(
         values.iter().map(|(k, v)| (k.as_str(), v)),
+        Source::Query,
         state.search.max_k,
     )?;
     run_search(state, q).await
@@ -227,7 +270,11 @@ async fn search_post(state: State, body: web::Json<Value>) -> Result<HttpRespons
             "the body must be a JSON object such as {\"q\": \"a red circle\", \"k\": 10}",
         ));
     };
-    let q = text_query(map.iter().map(|(k, v)| (k.as_str(), v)), state.search.max_k)?;
+    let q = text_query(
+        map.iter().map(|(k, v)| (k.as_str(), v)),
+        Source::Json,
+        state.search.max_k,
+    )?;
     run_search(state, q).await
 }
 
@@ -334,18 +381,7 @@ async fn image_to_text(
     form: Multipart,
 ) -> Result<HttpResponse, ApiError> {
     let k = parse_k(params.k.as_deref(), state.search.max_k)?;
-    let rerank =
-        match params
-            .rerank
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            None => None,
-            Some(r) => Some(r.parse::<usize>().map_err(|_| {
-                ApiError::bad_request(format!("rerank = {r:?} is not a whole number"))
-            })?),
-        };
+    let rerank = parse_rerank(params.rerank.as_deref())?;
     let (bytes, name) = upload(&req, form, state.limits.max_upload_bytes).await?;
     let s = state.clone();
     let results = state
@@ -426,6 +462,9 @@ fn content_type(format: &str) -> &'static str {
         "gif" => "image/gif",
         "bmp" => "image/bmp",
         "tiff" => "image/tiff",
+        "heic" => "image/heic",
+        "avif" => "image/avif",
+        "jxl" => "image/jxl",
         _ => "application/octet-stream",
     }
 }
@@ -602,6 +641,24 @@ async fn start_index(
             return Err(ApiError::bad_request(format!(
                 "{} does not exist on the server",
                 p.display()
+            )));
+        }
+        // Compared resolved (`..` and links followed), so `/library/../etc` is not under
+        // `/library`.
+        let resolved = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        let inside = |r: &PathBuf| {
+            resolved.starts_with(std::fs::canonicalize(r).unwrap_or_else(|_| r.clone()))
+        };
+        if !state.index_roots.is_empty() && !state.index_roots.iter().any(inside) {
+            return Err(ApiError::bad_request(format!(
+                "{} is outside the folders this server indexes ({})",
+                p.display(),
+                state
+                    .index_roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
     }

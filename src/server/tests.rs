@@ -36,6 +36,7 @@ fn config(token: Option<&str>) -> ServerConfig {
             max_upload_bytes: 256 * 1024,
             ..Limits::default()
         },
+        index_roots: Vec::new(),
     }
 }
 
@@ -122,7 +123,7 @@ async fn every_route_answers_and_bad_input_gets_4xx_json() {
     assert!(get["timing_ms"]["total"].as_f64().unwrap() > 0.0);
     let req = TestRequest::post()
         .uri("/api/v1/search")
-        .set_json(serde_json::json!({"q": captions[0], "k": "5", "rerank": 3}))
+        .set_json(serde_json::json!({"q": captions[0], "k": 5.0, "rerank": 3}))
         .to_request();
     let (s, post) = json_of(call_service(&app, req).await).await;
     assert_eq!(s, StatusCode::OK);
@@ -222,6 +223,47 @@ async fn every_route_answers_and_bad_input_gets_4xx_json() {
             "not_found",
         ),
         ("/api/v1/nothing", StatusCode::NOT_FOUND, "not_found"),
+        // Empty values of typed parameters are bad input, not "not given".
+        (
+            "/api/v1/search?q=red&k=",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/api/v1/search?q=red&type=",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/api/v1/search?q=red&from=",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/api/v1/search?q=red&sort=",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/api/v1/search?q=red&rerank=",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/api/v1/search?q=%20%20",
+            StatusCode::BAD_REQUEST,
+            "empty_query",
+        ),
+        (
+            "/api/v1/images/4/similar?k=",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/api/v1/images/18446744073709551616",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
     ] {
         let (s, b) =
             json_of(call_service(&app, TestRequest::get().uri(uri).to_request()).await).await;
@@ -255,6 +297,25 @@ async fn every_route_answers_and_bad_input_gets_4xx_json() {
             "text/plain",
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media",
+        ),
+        // Typed as the document says: numbers are JSON numbers, q a string.
+        (
+            "{\"q\": \"red\", \"k\": \"5\"}",
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "{\"q\": null}",
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "{\"q\": \"red\", \"colour\": \"blue\"}",
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
         ),
     ] {
         let req = TestRequest::post()
@@ -414,7 +475,62 @@ async fn every_route_answers_and_bad_input_gets_4xx_json() {
         assert_error(s, &b, want, code);
     }
 
-    // Writes need the token.
+    // Methods a route does not serve: 405 with Allow, whatever the route.
+    for (method, uri, allow) in [
+        (actix_web::http::Method::PUT, "/api/v1/search", "GET, POST"),
+        (actix_web::http::Method::POST, "/api/v1/stats", "GET"),
+        (actix_web::http::Method::DELETE, "/api/v1/images/1", "GET"),
+        (actix_web::http::Method::GET, "/api/v1/texts", "POST"),
+        (actix_web::http::Method::TRACE, "/api/v1/index", "GET, POST"),
+    ] {
+        let resp = call_service(
+            &app,
+            TestRequest::default()
+                .method(method.clone())
+                .uri(uri)
+                .to_request(),
+        )
+        .await;
+        assert_eq!(
+            resp.headers().get("allow").unwrap(),
+            allow,
+            "{method} {uri}"
+        );
+        let (s, b) = json_of(resp).await;
+        assert_error(s, &b, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    }
+
+    // Same-origin only: a preflight from another site is refused and nothing grants CORS.
+    let preflight = TestRequest::default()
+        .method(actix_web::http::Method::OPTIONS)
+        .uri("/api/v1/texts")
+        .insert_header(("Origin", "https://evil.example"))
+        .insert_header(("Access-Control-Request-Method", "POST"))
+        .to_request();
+    let resp = call_service(&app, preflight).await;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    let cross = TestRequest::get()
+        .uri("/api/v1/stats")
+        .insert_header(("Origin", "https://evil.example"))
+        .to_request();
+    let resp = call_service(&app, cross).await;
+    assert!(resp
+        .headers()
+        .keys()
+        .all(|h| !h.as_str().starts_with("access-control-")));
+
+    // Writes need the token, checked before the body is read: a malformed body without the
+    // token is 401, not 400.
+    for (uri, body) in [("/api/v1/texts", "{\"texts\": "), ("/api/v1/index", "[1]")] {
+        let req = TestRequest::post()
+            .uri(uri)
+            .insert_header(("Content-Type", "application/json"))
+            .set_payload(body)
+            .to_request();
+        let (s, b) = json_of(call_service(&app, req).await).await;
+        assert_error(s, &b, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
     let texts = serde_json::json!({"texts": ["a purple elephant reading a newspaper"]});
     let (s, b) = json_of(
         call_service(

@@ -1,5 +1,6 @@
 //! quarry's integration tests, one binary (link time is the cost that matters on 2 cores).
 
+mod api_contract;
 mod captioning;
 mod cli;
 mod demo;

@@ -116,6 +116,11 @@ impl Server {
         }
     }
 
+    /// `HOST:PORT` it listens on.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     pub fn try_request(
         &self,
         method: &str,
