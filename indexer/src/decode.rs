@@ -101,6 +101,13 @@ pub fn decode_bytes(
                 .unwrap_or(Orientation::NoTransforms);
             decode_reader(Cursor::new(jpeg), path, limits, Some(orientation))
         }
+        Sniffed::Image(ImageKind::Tiff) => {
+            codecs::raw::check_tag_sizes(bytes).map_err(|reason| PreprocessError::Decode {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+            decode_reader(Cursor::new(bytes), path, limits, None)
+        }
         _ => decode_reader(Cursor::new(bytes), path, limits, None),
     }
 }

@@ -26,6 +26,10 @@ use crate::codecs::{self, CodecFailure, Facts};
 use crate::sniff::{sniff, ImageKind, Sniffed, SNIFF_LEN};
 use serde::{Deserialize, Serialize};
 
+/// The most memory reading one image's header may take (decoders allocate tables from sizes the
+/// file declares).
+const HEADER_ALLOCATION_LIMIT: u64 = 64 << 20;
+
 /// Facts about one image, from its header and EXIF.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
@@ -123,6 +127,10 @@ pub fn image_info_from_bytes(bytes: &[u8], path: &Path) -> Result<ImageInfo, Met
     if let Some(info) = raw_info(bytes) {
         return Ok(info);
     }
+    codecs::raw::check_tag_sizes(bytes).map_err(|reason| MetadataError::NotAnImage {
+        path: path.to_path_buf(),
+        reason,
+    })?;
     image_info_from_reader(Cursor::new(bytes), path)
 }
 
@@ -214,11 +222,14 @@ fn image_info_from_reader<R: BufRead + Seek>(
         path: path.to_path_buf(),
         reason,
     };
-    let (width, height) = image::ImageReader::new(reader)
+    let mut header = image::ImageReader::new(reader)
         .with_guessed_format()
-        .map_err(|e| fail(e.to_string()))?
-        .into_dimensions()
         .map_err(|e| fail(e.to_string()))?;
+    // Only the header is read here: a damaged one claiming huge tables must not be allocated.
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(HEADER_ALLOCATION_LIMIT);
+    header.limits(limits);
+    let (width, height) = header.into_dimensions().map_err(|e| fail(e.to_string()))?;
     Ok(info_with_stored_size(exif.as_ref(), width, height))
 }
 

@@ -127,6 +127,51 @@ impl ModelPool {
     }
 }
 
+/// Bounds the memory uploads hold: a request body is read only while it holds one of `size`
+/// permits (waited for at most `wait`, then 503 `busy`), and keeps it until its answer is
+/// computed. A flood of uploads therefore holds at most `size` × the upload limit, however
+/// many clients send at once.
+#[derive(Debug, Clone)]
+pub struct UploadGate {
+    permits: Arc<tokio::sync::Semaphore>,
+    size: usize,
+    wait: Duration,
+}
+
+impl UploadGate {
+    /// A gate for `size` uploads at once (at least one).
+    pub fn new(size: usize, wait: Duration) -> Self {
+        let size = size.max(1);
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(size)),
+            size,
+            wait,
+        }
+    }
+
+    /// Uploads allowed at once.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Uploads being read or worked on right now.
+    pub fn in_use(&self) -> usize {
+        self.size - self.permits.available_permits()
+    }
+
+    /// Waits for a permit; 503 `busy` after the wait.
+    pub async fn enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        match actix_web::rt::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ApiError::busy("the server is shutting down")),
+            Err(_) => Err(ApiError::busy(format!(
+                "{} uploads are already being processed; try again shortly",
+                self.size
+            ))),
+        }
+    }
+}
+
 /// What every handler shares.
 pub struct AppState {
     /// The library, owned by the server.
@@ -141,6 +186,9 @@ pub struct AppState {
     pub limits: Limits,
     /// The model permits.
     pub pool: ModelPool,
+    /// The upload permits (two per model slot, and two more: enough to keep the slots fed
+    /// while the next bodies arrive).
+    pub uploads: UploadGate,
     /// Bearer token for writes.
     pub token: Option<String>,
     /// The indexing job.
@@ -162,6 +210,7 @@ impl AppState {
             search: config.search.clone(),
             limits: config.limits,
             pool: ModelPool::new(config.model_permits, config.busy_wait),
+            uploads: UploadGate::new(2 * config.model_permits.max(1) + 2, config.busy_wait),
             token: config.token.clone(),
             jobs: JobTracker::default(),
             thumbnails,

@@ -382,6 +382,8 @@ async fn image_to_text(
 ) -> Result<HttpResponse, ApiError> {
     let k = parse_k(params.k.as_deref(), state.search.max_k)?;
     let rerank = parse_rerank(params.rerank.as_deref())?;
+    // Held until the answer is computed: bounds the bodies in memory (see UploadGate).
+    let _upload_permit = state.uploads.enter().await?;
     let (bytes, name) = upload(&req, form, state.limits.max_upload_bytes).await?;
     let s = state.clone();
     let results = state
@@ -402,6 +404,8 @@ async fn image_to_image(
     form: Multipart,
 ) -> Result<HttpResponse, ApiError> {
     let k = parse_k(params.k.as_deref(), state.search.max_k)?;
+    // Held until the answer is computed: bounds the bodies in memory (see UploadGate).
+    let _upload_permit = state.uploads.enter().await?;
     let (bytes, name) = upload(&req, form, state.limits.max_upload_bytes).await?;
     let s = state.clone();
     let results = state

@@ -762,3 +762,57 @@ async fn saturated_model_slots_answer_busy_and_health_stays_fast() {
     assert!(holder.await.unwrap().is_ok());
     assert!(pool.run(|| 7).await.unwrap() == 7);
 }
+
+#[actix_web::test]
+async fn uploads_beyond_the_gate_wait_then_answer_busy_and_nothing_is_read() {
+    let gate = UploadGate::new(2, Duration::from_millis(100));
+    let first = gate.enter().await.unwrap();
+    let second = gate.enter().await.unwrap();
+    assert_eq!(gate.in_use(), 2);
+    let started = std::time::Instant::now();
+    let err = gate.enter().await.unwrap_err();
+    assert_eq!(
+        (err.status, err.code),
+        (StatusCode::SERVICE_UNAVAILABLE, "busy")
+    );
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    drop(first);
+    let third = gate.enter().await.unwrap();
+    drop((second, third));
+    assert_eq!(gate.in_use(), 0);
+
+    // Through the route: with every upload permit held, an upload is answered 503 without its
+    // body being buffered; once one is free, it is served.
+    let dir = tempfile::tempdir().unwrap();
+    let models = small_models();
+    let (library, _) = build(dir.path(), &models, 2, false);
+    let mut cfg = config(None);
+    cfg.busy_wait = Duration::from_millis(100);
+    let state = web::Data::new(AppState::new(library, models, &cfg));
+    let app = app!(state);
+    let held: Vec<_> =
+        futures_util::future::join_all((0..state.uploads.size()).map(|_| state.uploads.enter()))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let mut png = Vec::new();
+    image::DynamicImage::new_rgb8(8, 8)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let request = || {
+        TestRequest::post()
+            .uri("/api/v1/image-to-image?k=1")
+            .insert_header((
+                "Content-Type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            ))
+            .set_payload(multipart("image", "a.png", &png))
+            .to_request()
+    };
+    let (s, b) = json_of(call_service(&app, request()).await).await;
+    assert_error(s, &b, StatusCode::SERVICE_UNAVAILABLE, "busy");
+    drop(held);
+    let (s, b) = json_of(call_service(&app, request()).await).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}

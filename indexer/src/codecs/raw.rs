@@ -15,6 +15,9 @@
 //! holds a colour-filter-array or linear-raw image, or it carries Canon's CR2 marker.
 //!
 //! The RAW's orientation tag (IFD0) applies to the preview, which rarely carries its own.
+//!
+//! The same structure reader guards plain TIFF files ([`check_tag_sizes`]) before another
+//! decoder sizes its tables from them.
 
 use super::CodecFailure;
 
@@ -165,6 +168,71 @@ impl<'a> Tiff<'a> {
         }
         out
     }
+}
+
+/// Bytes per value of each TIFF field type (TIFF 6.0, BigTIFF's 8-byte types); 0: unknown.
+fn type_size(kind: u16) -> usize {
+    match kind {
+        1 | 2 | 6 | 7 => 1,
+        3 | 8 => 2,
+        4 | 9 | 11 | 13 => 4,
+        5 | 10 | 12 | 16 | 17 | 18 => 8,
+        _ => 0,
+    }
+}
+
+/// Checks that no tag of any IFD claims more data than the whole file holds. Decoders size
+/// their tables from these counts before reading them (a damaged count of 66 million offsets
+/// made the `tiff` crate allocate 266 MB for a 10 KB file), and no honest tag can be larger
+/// than the file, so this bounds every such allocation by the file's size. Classic TIFF only;
+/// BigTIFF files pass unchecked.
+pub(crate) fn check_tag_sizes(bytes: &[u8]) -> Result<(), String> {
+    let Some(tiff) = Tiff::new(bytes) else {
+        return Ok(());
+    };
+    let mut queue = vec![tiff.u32_at(4).unwrap_or(0)];
+    let mut seen = Vec::new();
+    while let Some(offset) = queue.pop() {
+        if offset == 0 || seen.contains(&offset) || seen.len() >= MAX_IFDS {
+            continue;
+        }
+        seen.push(offset);
+        let at = offset as usize;
+        let Some(count) = tiff.u16_at(at) else {
+            return Err(format!(
+                "damaged TIFF: an IFD at byte {at} lies past the end"
+            ));
+        };
+        for i in 0..usize::from(count) {
+            let entry = at + 2 + i * 12;
+            let (Some(tag), Some(kind), Some(n)) = (
+                tiff.u16_at(entry),
+                tiff.u16_at(entry + 2),
+                tiff.u32_at(entry + 4),
+            ) else {
+                return Err(format!("damaged TIFF: the IFD at byte {at} is cut short"));
+            };
+            let claimed = (n as usize).saturating_mul(type_size(kind));
+            if claimed > bytes.len() {
+                return Err(format!(
+                    "damaged TIFF: tag {tag:#06x} claims {n} values ({claimed} bytes), more than \
+                     the whole file ({} bytes)",
+                    bytes.len()
+                ));
+            }
+            if matches!(tag, TAG_SUB_IFDS | 0x8769 | 0x8825 | 0xA005) && matches!(kind, 4 | 13) {
+                if n == 1 {
+                    queue.push(tiff.u32_at(entry + 8).unwrap_or(0));
+                } else if let Some(list) = tiff.u32_at(entry + 8) {
+                    for k in 0..(n as usize).min(64) {
+                        queue.push(tiff.u32_at(list as usize + 4 * k).unwrap_or(0));
+                    }
+                }
+            }
+        }
+        queue.push(tiff.u32_at(at + 2 + usize::from(count) * 12).unwrap_or(0));
+    }
+    Ok(())
 }
 
 /// Whether a TIFF-structured file is a camera RAW (see the module docs).
