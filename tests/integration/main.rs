@@ -7,6 +7,7 @@ mod demo;
 mod demo_quality;
 mod eval;
 mod folder_errors;
+mod fuzz_files;
 mod hub;
 mod indexing;
 mod parity;
@@ -16,3 +17,7 @@ mod support;
 mod training;
 mod watch;
 mod web;
+
+/// Counts each thread's largest allocation for the fuzz tests (see `fuzz_files`).
+#[global_allocator]
+static THREAD_PEAK: fuzz_files::ThreadPeak = fuzz_files::ThreadPeak;
