@@ -522,7 +522,9 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         rng ^= rng << 17;
         rng
     };
-    // 24 in the suite; CRASH_RUNS sets more (the later runs find less work left).
+    // 24 in the suite. CRASH_RUNS sets more for a long run: three new photos then arrive before
+    // each run past the 24th, and the kill is drawn from the time the pending work takes, so
+    // every kill interrupts indexing rather than a run with nothing left to do.
     let runs: usize = std::env::var("CRASH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -530,16 +532,39 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("p");
     scenes(&photos, 60, 4);
+    let extra = runs.saturating_sub(24) * 3;
+    let mut pool: Vec<PathBuf> = Vec::new();
+    if extra > 0 {
+        scenes(&tmp.path().join("pool"), extra, 9);
+        pool = std::fs::read_dir(tmp.path().join("pool/images"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        pool.sort();
+    }
+    let mut total = 60usize;
     let store = tmp.path().join("store");
 
-    // One uninterrupted run times the window the kills are drawn from.
+    // One uninterrupted run times the window the kills are drawn from; a second, with nothing
+    // to do, times start-up and recovery alone.
     let timing = tempfile::tempdir().unwrap();
     let started = Instant::now();
     index_json(&[&photos], &timing.path().join("s"), &["--batch", "2"]);
     let full_run = started.elapsed();
+    let started = Instant::now();
+    index_json(&[&photos], &timing.path().join("s"), &["--batch", "2"]);
+    let idle_run = started.elapsed();
 
     let mut acknowledged: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut in_store = 0usize;
     for run in 0..runs {
+        if run >= 24 {
+            for photo in pool.drain(..3.min(pool.len())) {
+                let name = format!("pool-{}", photo.file_name().unwrap().to_string_lossy());
+                std::fs::rename(&photo, photos.join("images").join(name)).unwrap();
+                total += 1;
+            }
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_quarry"))
             .args(["index", photos.to_str().unwrap(), "--store"])
             .arg(&store)
@@ -564,8 +589,14 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
             }
             acked
         });
-        // Spread over the whole run, start-up and recovery included.
-        let window = full_run.as_millis() as u64 * 11 / 10 + 50;
+        // Spread over the whole run, start-up and recovery included (in a long run, over the
+        // work still pending).
+        let window = if run >= 24 && extra > 0 {
+            let pending = total.saturating_sub(in_store).max(1) as u64;
+            idle_run.as_millis() as u64 + full_run.as_millis() as u64 * pending / 60 + 50
+        } else {
+            full_run.as_millis() as u64 * 11 / 10 + 50
+        };
         let delay = Duration::from_millis(next() % window / (1 + run as u64 % 3));
         std::thread::sleep(delay);
         let _ = child.kill(); // SIGKILL
@@ -587,15 +618,16 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
             searchable(&library, path)
                 .unwrap_or_else(|e| panic!("run {run}, killed after {delay:?}: {e}"));
         }
+        in_store = library.counts().unwrap().images as usize;
         eprintln!(
-            "run {run}: killed after {delay:?}, {} acknowledged, {} in store, recovery {:?}",
+            "run {run}: killed after {delay:?}, {} acknowledged, {in_store} of {total} in store, \
+             recovery {:?}",
             acknowledged.len(),
-            library.counts().unwrap().images,
             library.recovery()
         );
     }
     let (lines, _) = index_json(&[&photos], &store, &["--batch", "2"]);
-    assert_eq!(summary(&lines)["store"]["images"], 60);
+    assert_eq!(summary(&lines)["store"]["images"], total);
     let library = Library::open_existing(&store).unwrap();
     assert_counts_agree(&library);
     for entry in std::fs::read_dir(photos.join("images")).unwrap() {
