@@ -77,28 +77,64 @@ pub struct ServerConfig {
     pub index_roots: Vec<PathBuf>,
 }
 
-/// Bounds model work: a permit per request, waited for at most `wait`.
+/// `size` permits, each waited for at most `wait`: what bounds model work and uploads.
 #[derive(Debug, Clone)]
-pub struct ModelPool {
-    permits: Arc<tokio::sync::Semaphore>,
+struct Permits {
+    semaphore: Arc<tokio::sync::Semaphore>,
     size: usize,
     wait: Duration,
 }
 
-impl ModelPool {
-    /// A pool of `size` permits.
-    pub fn new(size: usize, wait: Duration) -> Self {
+impl Permits {
+    fn new(size: usize, wait: Duration) -> Self {
         let size = size.max(1);
         Self {
-            permits: Arc::new(tokio::sync::Semaphore::new(size)),
+            semaphore: Arc::new(tokio::sync::Semaphore::new(size)),
             size,
             wait,
         }
     }
 
+    fn in_use(&self) -> usize {
+        self.size - self.semaphore.available_permits()
+    }
+
+    /// A permit, or 503 `busy` (saying `busy`) after the wait.
+    async fn acquire(
+        &self,
+        busy: impl FnOnce() -> String,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let acquire = self.semaphore.clone().acquire_owned();
+        match actix_web::rt::time::timeout(self.wait, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ApiError::busy("the server is shutting down")),
+            Err(_) => Err(ApiError::busy(busy())),
+        }
+    }
+}
+
+/// Bounds model work: a permit per request, waited for at most `wait`.
+#[derive(Debug, Clone)]
+pub struct ModelPool {
+    permits: Permits,
+}
+
+impl ModelPool {
+    /// A pool of `size` permits.
+    pub fn new(size: usize, wait: Duration) -> Self {
+        Self {
+            permits: Permits::new(size, wait),
+        }
+    }
+
+    /// Model slots.
+    pub fn size(&self) -> usize {
+        self.permits.size
+    }
+
     /// Requests computing right now.
     pub fn in_use(&self) -> usize {
-        self.size - self.permits.available_permits()
+        self.permits.in_use()
     }
 
     /// Runs `work` on the blocking pool once a permit is free; 503 `busy` after the wait.
@@ -106,18 +142,16 @@ impl ModelPool {
         &self,
         work: impl FnOnce() -> R + Send + 'static,
     ) -> Result<R, ApiError> {
-        let acquire = self.permits.clone().acquire_owned();
-        let permit = match actix_web::rt::time::timeout(self.wait, acquire).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(ApiError::busy("the server is shutting down")),
-            Err(_) => {
-                return Err(ApiError::busy(format!(
-                    "all {} model slots stayed busy for {:.1} s; try again shortly",
-                    self.size,
-                    self.wait.as_secs_f64()
-                )))
-            }
-        };
+        let (size, wait) = (self.permits.size, self.permits.wait);
+        let permit = self
+            .permits
+            .acquire(|| {
+                format!(
+                    "all {size} model slots stayed busy for {:.1} s; try again shortly",
+                    wait.as_secs_f64()
+                )
+            })
+            .await?;
         web::block(move || {
             let _permit = permit;
             work()
@@ -133,42 +167,33 @@ impl ModelPool {
 /// many clients send at once.
 #[derive(Debug, Clone)]
 pub struct UploadGate {
-    permits: Arc<tokio::sync::Semaphore>,
-    size: usize,
-    wait: Duration,
+    permits: Permits,
 }
 
 impl UploadGate {
     /// A gate for `size` uploads at once (at least one).
     pub fn new(size: usize, wait: Duration) -> Self {
-        let size = size.max(1);
         Self {
-            permits: Arc::new(tokio::sync::Semaphore::new(size)),
-            size,
-            wait,
+            permits: Permits::new(size, wait),
         }
     }
 
     /// Uploads allowed at once.
     pub fn size(&self) -> usize {
-        self.size
+        self.permits.size
     }
 
     /// Uploads being read or worked on right now.
     pub fn in_use(&self) -> usize {
-        self.size - self.permits.available_permits()
+        self.permits.in_use()
     }
 
     /// Waits for a permit; 503 `busy` after the wait.
     pub async fn enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        match actix_web::rt::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_)) => Err(ApiError::busy("the server is shutting down")),
-            Err(_) => Err(ApiError::busy(format!(
-                "{} uploads are already being processed; try again shortly",
-                self.size
-            ))),
-        }
+        let size = self.permits.size;
+        self.permits
+            .acquire(|| format!("{size} uploads are already being processed; try again shortly"))
+            .await
     }
 }
 

@@ -169,7 +169,7 @@ async fn stats(state: State) -> Result<HttpResponse, ApiError> {
         },
         "fusion": search.fusion,
         "caption_quality": caption_quality,
-        "model_slots": {"size": state.pool.size, "in_use": state.pool.in_use()},
+        "model_slots": {"size": state.pool.size(), "in_use": state.pool.in_use()},
     })))
 }
 
