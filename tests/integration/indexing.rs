@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 
 use quarry::library::{Library, LibraryError};
 use quarry::store::StoreError;
-use quarry::synth::{generate, SynthOptions};
 use quarry::text::TextKind;
 
-use crate::support::retrieval_fixtures;
+use crate::support::{retrieval_fixtures, scenes, small_model};
 
 fn quarry(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_quarry"))
@@ -23,30 +22,11 @@ fn quarry(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn model() -> String {
-    retrieval_fixtures()
-        .join("small_a")
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn scenes(dir: &Path, count: usize, seed: u64) {
-    generate(
-        dir,
-        SynthOptions {
-            count,
-            seed,
-            size: 72,
-        },
-    )
-    .unwrap();
-}
-
 fn index_json(paths: &[&Path], store: &Path, extra: &[&str]) -> (Vec<serde_json::Value>, Output) {
     let mut args: Vec<String> = vec!["index".into()];
     args.extend(paths.iter().map(|p| p.to_string_lossy().into_owned()));
     args.extend(["--store".into(), store.to_string_lossy().into_owned()]);
-    args.extend(["--model".into(), model(), "--json".into()]);
+    args.extend(["--model".into(), small_model(), "--json".into()]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = quarry(&refs);
@@ -568,7 +548,7 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_quarry"))
             .args(["index", photos.to_str().unwrap(), "--store"])
             .arg(&store)
-            .args(["--model", &model(), "--json", "--batch", "2"])
+            .args(["--model", &small_model(), "--json", "--batch", "2"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

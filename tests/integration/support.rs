@@ -1,13 +1,34 @@
 //! Helpers shared by the integration tests: fixture paths, reference tensors, comparisons.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
 /// `fixtures/retrieval` in the repository.
 pub fn retrieval_fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/retrieval")
+}
+
+/// The small fixture retrieval model's folder, as a command-line argument.
+pub fn small_model() -> String {
+    retrieval_fixtures()
+        .join("small_a")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `count` synthetic 72-px scenes of `seed` in `dir/images` (and `dir/annotations.json`).
+pub fn scenes(dir: &Path, count: usize, seed: u64) {
+    quarry::synth::generate(
+        dir,
+        quarry::synth::SynthOptions {
+            count,
+            seed,
+            size: 72,
+        },
+    )
+    .unwrap();
 }
 
 /// The reference outputs transformers wrote for a fixture model.

@@ -8,32 +8,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use quarry::synth::{generate, SynthOptions};
 use serde_json::Value;
 
 use crate::serve::Server;
-use crate::support::retrieval_fixtures;
+use crate::support::{scenes, small_model};
 
 /// Far above what each step takes (seconds); only a hang fails on it.
 const PATIENCE: Duration = Duration::from_secs(90);
 
-fn model() -> String {
-    retrieval_fixtures()
-        .join("small_a")
-        .to_string_lossy()
-        .into_owned()
-}
-
+/// Synthetic scenes in `dir/images`, listed in order.
 fn images(dir: &Path, count: usize, seed: u64) -> Vec<PathBuf> {
-    generate(
-        dir,
-        SynthOptions {
-            count,
-            seed,
-            size: 72,
-        },
-    )
-    .unwrap();
+    scenes(dir, count, seed);
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("images"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -57,7 +42,7 @@ impl Watching {
                 "--store",
                 store.to_str().unwrap(),
             ])
-            .args(["--model", &model(), "--json", "--watch"])
+            .args(["--model", &small_model(), "--json", "--watch"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -254,7 +239,7 @@ fn serve_watch_indexes_what_lands_and_the_job_says_so() {
     std::fs::create_dir_all(&library).unwrap();
     std::fs::copy(&source[0], library.join("before.png")).unwrap();
     let store = dir.path().join("store");
-    let model = model();
+    let model = small_model();
     let server = Server::spawn(
         &[
             "serve",
