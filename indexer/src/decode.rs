@@ -55,24 +55,26 @@ pub fn decode_bytes(
     path: &Path,
     limits: DecodeLimits,
 ) -> Result<RgbImage, PreprocessError> {
-    let codec = |result: Result<RgbImage, CodecFailure>| {
-        result.map_err(|failure| match failure {
-            CodecFailure::TooLarge { width, height } => PreprocessError::TooLarge {
-                path: path.to_path_buf(),
-                width,
-                height,
-                limit: limits.max_pixels,
-            },
-            CodecFailure::Corrupt(reason) => PreprocessError::Decode {
-                path: path.to_path_buf(),
-                reason,
-            },
-        })
+    let failed = |failure: CodecFailure| match failure {
+        CodecFailure::TooLarge { width, height } => PreprocessError::TooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+            limit: limits.max_pixels,
+        },
+        CodecFailure::Corrupt(reason) => PreprocessError::Decode {
+            path: path.to_path_buf(),
+            reason,
+        },
     };
     match sniff(&bytes[..bytes.len().min(SNIFF_LEN)]) {
-        Sniffed::Image(ImageKind::Heic) => codec(codecs::heif::decode(bytes, "HEIC", limits)),
-        Sniffed::Image(ImageKind::Avif) => codec(codecs::heif::decode(bytes, "AVIF", limits)),
-        Sniffed::Image(ImageKind::JpegXl) => codec(codecs::jpegxl::decode(bytes, limits)),
+        Sniffed::Image(ImageKind::Heic) => {
+            codecs::heif::decode(bytes, "HEIC", limits).map_err(failed)
+        }
+        Sniffed::Image(ImageKind::Avif) => {
+            codecs::heif::decode(bytes, "AVIF", limits).map_err(failed)
+        }
+        Sniffed::Image(ImageKind::JpegXl) => codecs::jpegxl::decode(bytes, limits).map_err(failed),
         Sniffed::Image(ImageKind::Jpeg) => {
             check_jpeg_complete(bytes).map_err(|reason| PreprocessError::Decode {
                 path: path.to_path_buf(),
@@ -81,18 +83,7 @@ pub fn decode_bytes(
             decode_reader(Cursor::new(bytes), path, limits, None)
         }
         Sniffed::Image(ImageKind::Tiff) if codecs::raw::is_raw(bytes) => {
-            let (jpeg, layout) = codecs::raw::preview(bytes).map_err(|failure| match failure {
-                CodecFailure::Corrupt(reason) => PreprocessError::Decode {
-                    path: path.to_path_buf(),
-                    reason,
-                },
-                CodecFailure::TooLarge { width, height } => PreprocessError::TooLarge {
-                    path: path.to_path_buf(),
-                    width,
-                    height,
-                    limit: limits.max_pixels,
-                },
-            })?;
+            let (jpeg, layout) = codecs::raw::preview(bytes).map_err(failed)?;
             check_jpeg_complete(jpeg).map_err(|reason| PreprocessError::Decode {
                 path: path.to_path_buf(),
                 reason: format!("the RAW file's preview: {reason}"),

@@ -555,12 +555,8 @@ struct TextsBody {
     texts: Vec<String>,
 }
 
-async fn add_texts(
-    state: State,
-    req: HttpRequest,
-    body: web::Json<TextsBody>,
-) -> Result<HttpResponse, ApiError> {
-    check_token(&state, &req)?;
+/// The token was checked before the body was read ([`token_before_body`]).
+async fn add_texts(state: State, body: web::Json<TextsBody>) -> Result<HttpResponse, ApiError> {
     let texts = body.into_inner().texts;
     if texts.is_empty() {
         return Err(ApiError::bad_request(
@@ -617,12 +613,8 @@ struct IndexBody {
     paths: Vec<String>,
 }
 
-async fn start_index(
-    state: State,
-    req: HttpRequest,
-    body: web::Json<IndexBody>,
-) -> Result<HttpResponse, ApiError> {
-    check_token(&state, &req)?;
+/// The token was checked before the body was read ([`token_before_body`]).
+async fn start_index(state: State, body: web::Json<IndexBody>) -> Result<HttpResponse, ApiError> {
     let paths: Vec<PathBuf> = body
         .into_inner()
         .paths
