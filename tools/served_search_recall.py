@@ -5,10 +5,17 @@ where the described image lands. Prints R@1, R@5 and request latency p50/p95.
 
   python3 tools/served_search_recall.py http://127.0.0.1:8080 scenes/annotations.json scenes
 """
+import json
+import os
+import sys
+import time
+import urllib.parse
+import urllib.request
+
 base, ann, root = sys.argv[1], sys.argv[2], sys.argv[3]
 data = json.load(open(ann))
 hits1 = hits5 = total = 0
-import time; lat=[]
+lat = []
 for a in data:
     want = os.path.abspath(os.path.join(root, a["image"]))
     caps = a["caption"] if isinstance(a["caption"], list) else [a["caption"]]
