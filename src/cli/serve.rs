@@ -73,6 +73,10 @@ pub struct ServerFlags {
     /// absolute path, or the --watch folders when there are some].
     #[arg(long, value_name = "DIR")]
     index_root: Vec<PathBuf>,
+    /// Requests one client address may have in progress at once; more are answered 429
+    /// (0: no limit, e.g. behind a reverse proxy that limits clients itself).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    per_client: usize,
 }
 
 impl ServerFlags {
@@ -213,6 +217,7 @@ pub(super) fn serve(
         search,
         limits: Limits {
             max_upload_bytes: flags.max_upload_mib.max(1) << 20,
+            per_client: flags.per_client,
             ..Limits::default()
         },
         index_roots: if flags.index_root.is_empty() {

@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 mod assets;
+mod clients;
 mod error;
 mod jobs;
 mod openapi;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 
+pub use self::clients::ClientLimits;
 pub use self::error::ApiError;
 pub use self::jobs::{JobState, JobStatus, JobTracker};
 use crate::indexing::{model_identity, IndexModels};
@@ -35,7 +37,7 @@ use crate::library::Library;
 use crate::search::{SearchSettings, Searcher};
 use crate::store::ModelIdentity;
 
-/// Request-size limits.
+/// Request limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest uploaded image (multipart body), bytes.
@@ -44,6 +46,8 @@ pub struct Limits {
     pub max_json_bytes: usize,
     /// Most texts per `POST /texts`.
     pub max_texts: usize,
+    /// Requests one client address may have in flight (0: no limit; see [`ClientLimits`]).
+    pub per_client: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +56,7 @@ impl Default for Limits {
             max_upload_bytes: 20 << 20,
             max_json_bytes: 1 << 20,
             max_texts: 256,
+            per_client: 32,
         }
     }
 }
@@ -216,6 +221,8 @@ pub struct AppState {
     pub uploads: UploadGate,
     /// Bearer token for writes.
     pub token: Option<String>,
+    /// Requests in flight per client address.
+    pub clients: ClientLimits,
     /// The indexing job.
     pub jobs: JobTracker,
     /// Where thumbnails are cached.
@@ -237,6 +244,7 @@ impl AppState {
             pool: ModelPool::new(config.model_permits, config.busy_wait),
             uploads: UploadGate::new(2 * config.model_permits.max(1) + 2, config.busy_wait),
             token: config.token.clone(),
+            clients: ClientLimits::new(config.limits.per_client),
             jobs: JobTracker::default(),
             thumbnails,
             index_roots: config.index_roots.clone(),

@@ -91,13 +91,19 @@ pub fn document(search: &SearchSettings, limits: &Limits) -> Value {
         "400": error_response("The id is not a whole number, or a parameter is bad (k)."),
         "404": error_response(not_found)})
     };
+    let too_many = json!({"description": format!("too_many_requests: this client already has {} requests in progress; retry after the Retry-After seconds.", limits.per_client),
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let errors = json!({
         "400": error_response("Bad input: bad_request, invalid_json, empty_query, query_too_long, k_out_of_range. Empty values of typed parameters (k=, type=) are bad input, not \"not given\"."),
         "413": error_response("payload_too_large."),
         "415": error_response("unsupported_media: the body is not of the expected type, or the upload is not a decodable image."),
+        "429": too_many.clone(),
         "503": error_response("busy: every model slot stayed busy; retry shortly.")
     });
     let with_errors = |responses: Value| merged(responses, errors.clone());
+    // Every route but /health may answer 429 (see server::clients).
+    let limited = |responses: Value| merged(responses, json!({"429": too_many.clone()}));
     let bearer = json!([{"bearer": []}]);
     json!({
         "openapi": "3.1.0",
@@ -109,7 +115,7 @@ pub fn document(search: &SearchSettings, limits: &Limits) -> Value {
                 "description": "Needed for POST /texts and POST /index when the server runs with --token."}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error", "message"], "properties": {
-                    "error": {"type": "string", "enum": ["bad_request", "invalid_json", "query_too_long", "k_out_of_range", "empty_query", "not_found", "method_not_allowed", "payload_too_large", "unsupported_media", "unauthorized", "busy", "internal"]},
+                    "error": {"type": "string", "enum": ["bad_request", "invalid_json", "query_too_long", "k_out_of_range", "empty_query", "not_found", "method_not_allowed", "payload_too_large", "unsupported_media", "unauthorized", "busy", "too_many_requests", "internal"]},
                     "message": {"type": "string"}}},
                 "Scores": {"type": "object", "properties": {
                     "itc": {"type": "number", "description": "Max over the image's 32 query vectors of the dot with the text vector."},
@@ -148,7 +154,7 @@ pub fn document(search: &SearchSettings, limits: &Limits) -> Value {
         "paths": {
             "/health": {"get": {"summary": "Ready check", "responses": {"200": {"description": "{\"status\": \"ok\", \"images\": N} (images null while a commit holds the library)"}}}},
             "/stats": {"get": {"summary": "Store counts, models, defaults and limits",
-                "responses": {"200": {"description": "{images, vectors, captions, texts, failed, feature_cache_bytes, model: {retrieval, captioner}, rerank_default, limits: {max_k, max_query_chars, max_rerank, max_upload_bytes, max_texts}, fusion: {bm25_weight, itm_logit_weight, calibration: {scale, bias}, caption_source, fitted}, caption_quality: {captions, distinct, distinct_ratio, most_common, most_common_count, uninformative}, model_slots}"}}}},
+                "responses": limited(json!({"200": {"description": "{images, vectors, captions, texts, failed, feature_cache_bytes, model: {retrieval, captioner}, rerank_default, limits: {max_k, max_query_chars, max_rerank, max_upload_bytes, max_texts, per_client}, fusion: {bm25_weight, itm_logit_weight, calibration: {scale, bias}, caption_source, fitted}, caption_quality: {captions, distinct, distinct_ratio, most_common, most_common_count, uninformative}, model_slots}"}}))}},
             "/search": {
                 "get": {"summary": "Text → image", "description": search_description, "parameters": search_params,
                         "responses": with_errors(json!({"200": json_ok("Hits best first (or by date).", "SearchResults")}))},
@@ -165,13 +171,13 @@ pub fn document(search: &SearchSettings, limits: &Limits) -> Value {
                 "parameters": [k_param], "requestBody": upload,
                 "responses": with_errors(json!({"200": json_ok("Most similar first; scores: {similarity}.", "SimilarResults")}))}},
             "/images/{id}": {"get": {"summary": "An image's metadata (as a hit, plus size, camera, indexed_batch, date_s)", "parameters": [id_param],
-                "responses": merged(json!({"200": json_ok("The image.", "Image")}), id_errors("No such image."))}},
+                "responses": limited(merged(json!({"200": json_ok("The image.", "Image")}), id_errors("No such image.")))}},
             "/images/{id}/thumbnail": {"get": {"summary": format!("JPEG, longest side at most {} px, generated once and cached in the store folder", super::routes::THUMBNAIL_SIDE), "parameters": [id_param],
-                "responses": merged(json!({"200": {"description": "image/jpeg", "content": {"image/jpeg": {}}}}), id_errors("No such image, or its file is gone."))}},
+                "responses": limited(merged(json!({"200": {"description": "image/jpeg", "content": {"image/jpeg": {}}}}), id_errors("No such image, or its file is gone.")))}},
             "/images/{id}/file": {"get": {"summary": "The original file (only paths recorded in the store are ever read)", "parameters": [id_param],
-                "responses": merged(json!({"200": {"description": "The file, with its image content type."}}), id_errors("No such image, or its file is gone."))}},
+                "responses": limited(merged(json!({"200": {"description": "The file, with its image content type."}}), id_errors("No such image, or its file is gone.")))}},
             "/images/{id}/similar": {"get": {"summary": "Image → image for an indexed image (itself excluded); similarity as for /image-to-image", "parameters": [id_param, k_param],
-                "responses": merged(json!({"200": json_ok("Most similar first.", "SimilarResults")}), id_errors("No such image."))}},
+                "responses": limited(merged(json!({"200": json_ok("Most similar first.", "SimilarResults")}), id_errors("No such image.")))}},
             "/texts": {"post": {"summary": "Add texts for image → text", "security": bearer,
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["texts"], "additionalProperties": false, "properties": {"texts": {"type": "array", "items": text_schema, "minItems": 1, "maxItems": limits.max_texts}}}}}},
                 "responses": with_errors(json!({"201": {"description": "{\"ids\": [..]}"}, "401": error_response("unauthorized")}))}},
@@ -179,10 +185,12 @@ pub fn document(search: &SearchSettings, limits: &Limits) -> Value {
                 "post": {"summary": "Start an indexing job over folders on the server (one at a time)", "security": bearer,
                     "description": "Paths are absolute, as the server sees them, existing, and under the server's --index-root folders when it has any (else 400).",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["paths"], "additionalProperties": false, "properties": {"paths": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": "^/"}}}}}}},
-                    "responses": with_errors(json!({"202": {"description": "{\"job\": n}"}, "401": error_response("unauthorized"), "429": error_response("busy: a job is running")}))},
-                "get": {"summary": "The current or last job's progress", "responses": {"200": json_ok("Progress.", "Job")}}
+                    "responses": merged(with_errors(json!({"202": {"description": "{\"job\": n}"}, "401": error_response("unauthorized")})),
+                        json!({"429": {"description": format!("busy: a job is running; or too_many_requests: this client already has {} requests in progress (with Retry-After).", limits.per_client),
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}))},
+                "get": {"summary": "The current or last job's progress", "responses": limited(json!({"200": json_ok("Progress.", "Job")}))}
             },
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
+            "/openapi.json": {"get": {"summary": "This document", "responses": limited(json!({"200": {"description": "OpenAPI 3.1"}}))}}
         }
     })
 }

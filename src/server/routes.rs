@@ -24,6 +24,7 @@ type State = web::Data<AppState>;
 pub fn register(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
+            .wrap(from_fn(super::clients::limit_per_client))
             .service(resource("/health", "GET").route(web::get().to(health)))
             .service(resource("/stats", "GET").route(web::get().to(stats)))
             .service(
@@ -166,6 +167,7 @@ async fn stats(state: State) -> Result<HttpResponse, ApiError> {
             "max_rerank": search.max_rerank,
             "max_upload_bytes": state.limits.max_upload_bytes,
             "max_texts": state.limits.max_texts,
+            "per_client": state.limits.per_client,
         },
         "fusion": search.fusion,
         "caption_quality": caption_quality,

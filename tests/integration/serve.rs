@@ -571,3 +571,92 @@ fn load_mixed_queries_keep_health_fast() {
         health[health.len() - 1]
     );
 }
+
+/// A request from `source` (a loopback address) to `addr`: loopback answers from all of
+/// 127.0.0.0/8, so one test can be several clients.
+fn request_from(source: &str, addr: &str, path: &str) -> (u16, String) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    let to: std::net::SocketAddr = addr.parse().unwrap();
+    socket.connect(&to.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, raw)
+}
+
+/// A POST whose body never finishes: a request held in flight until the stream is dropped.
+fn stalled_post(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /api/v1/search HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"q\": "
+    )
+    .unwrap();
+    s
+}
+
+/// The per-client limit: one client holding its `--per-client` requests open (bodies that
+/// never finish: a slow-loris) is answered 429 with Retry-After for more, at once and before
+/// any body is read; another client, the health check and the same client once its requests
+/// end are served as usual.
+#[test]
+fn per_client_limit_refuses_a_flood_and_serves_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = build_store(dir.path(), 8);
+    let server = Server::start(&store, &["--per-client", "4"]);
+    let addr = server.addr().to_owned();
+    let held: Vec<TcpStream> = (0..4).map(|_| stalled_post(&addr)).collect();
+    // The held requests are admitted once the server has read their heads.
+    let started = Instant::now();
+    let refused = loop {
+        let (status, raw) = request_from("127.0.0.1", &addr, "/api/v1/stats");
+        if status == 429 {
+            break raw;
+        }
+        assert_eq!(status, 200, "{raw}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "4 stalled requests never counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 1"),
+        "{refused}"
+    );
+    assert!(refused.contains("too_many_requests"), "{refused}");
+    for path in ["/api/v1/search?q=red%20circle", "/api/v1/images/1"] {
+        let (status, raw) = request_from("127.0.0.1", &addr, path);
+        assert_eq!(status, 429, "{path}: {raw}");
+    }
+    // Health is exempt; another client is served in full.
+    assert_eq!(request_from("127.0.0.1", &addr, "/api/v1/health").0, 200);
+    let (status, raw) = request_from("127.0.0.2", &addr, "/api/v1/search?q=red%20circle&k=3");
+    assert_eq!(status, 200, "{raw}");
+    // The flood ends (connections closed): the client is served again.
+    drop(held);
+    let started = Instant::now();
+    loop {
+        let (status, raw) = request_from("127.0.0.1", &addr, "/api/v1/search?q=red%20circle&k=3");
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429, "{raw}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "closed requests still counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, stats) = server.call("GET", "/api/v1/stats", &[], &[]);
+    assert_eq!(stats["limits"]["per_client"], 4, "{stats}");
+}
