@@ -26,6 +26,7 @@ pub mod cache_dir;
 pub mod checkpoint;
 pub mod demo_models;
 pub mod device;
+pub mod disk_faults;
 pub mod error;
 pub mod eval;
 pub mod hub;

@@ -273,6 +273,15 @@ pub(super) fn index_and_report(
     if let Some(e) = write_error {
         return Err(e).context("writing progress to stdout");
     }
+    if let Some(why) = &summary.unsaved_index {
+        eprintln!(
+            "warning: every file above is indexed and searchable, but the vector index could \
+             not be saved ({why}); the next start replays it from the store"
+        );
+        if let Some(fault) = quarry::disk_faults::DiskFault::in_message(why) {
+            eprintln!("hint: {}", fault.hint());
+        }
+    }
     let counts = library.counts()?;
     let mut out = stdout.lock();
     if json {

@@ -87,23 +87,48 @@ pub fn run() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            let internal = e
-                .downcast_ref::<quarry::Error>()
-                .is_some_and(|e| !e.is_user_error())
-                || e.downcast_ref::<quarry::eval::EvalError>()
-                    .is_some_and(|e| !e.is_user_error())
-                || e.downcast_ref::<quarry::indexing::IndexError>()
-                    .is_some_and(|e| !e.is_user_error())
-                || e.downcast_ref::<quarry::library::LibraryError>()
-                    .is_some_and(|e| !e.is_user_error())
-                || e.downcast_ref::<quarry::hub::HubError>()
-                    .is_some_and(|e| !e.is_user_error())
-                || e.downcast_ref::<quarry::watch::WatchError>()
-                    .is_some_and(|e| !e.is_user_error())
-                || e.downcast_ref::<quarry::train::TrainError>()
-                    .is_some_and(|e| matches!(e, quarry::train::TrainError::Candle(_)));
+            eprintln!("error: {}", error_chain(&e));
+            let disk_fault = quarry::disk_faults::DiskFault::cause_of(e.as_ref());
+            if let Some(fault) = disk_fault {
+                eprintln!("hint: {}", fault.hint());
+            }
+            let internal = disk_fault.is_none() && is_internal(&e);
             ExitCode::from(if internal { 2 } else { 1 })
         }
     }
+}
+
+/// The error and its causes, joined by ": ", without repeating a cause whose text the error
+/// before it already printed (many errors put their source in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// Whether the error is quarry's fault (a bug or an exhausted resource: exit code 2) rather
+/// than something the person running it can fix (exit code 1).
+fn is_internal(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<quarry::Error>()
+        .is_some_and(|e| !e.is_user_error())
+        || e.downcast_ref::<quarry::eval::EvalError>()
+            .is_some_and(|e| !e.is_user_error())
+        || e.downcast_ref::<quarry::indexing::IndexError>()
+            .is_some_and(|e| !e.is_user_error())
+        || e.downcast_ref::<quarry::library::LibraryError>()
+            .is_some_and(|e| !e.is_user_error())
+        || e.downcast_ref::<quarry::hub::HubError>()
+            .is_some_and(|e| !e.is_user_error())
+        || e.downcast_ref::<quarry::watch::WatchError>()
+            .is_some_and(|e| !e.is_user_error())
+        || e.downcast_ref::<quarry::train::TrainError>()
+            .is_some_and(|e| matches!(e, quarry::train::TrainError::Candle(_)))
 }

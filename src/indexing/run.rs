@@ -147,6 +147,10 @@ pub struct IndexSummary {
     pub model_stage_seconds: f64,
     /// Time the model spent computing, seconds.
     pub model_busy_seconds: f64,
+    /// Why the vector indexes could not be saved at the end (a full disk): the run's work is
+    /// committed and searchable all the same, and the next open replays it from the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsaved_index: Option<String>,
 }
 
 impl IndexSummary {
@@ -570,7 +574,10 @@ fn index_scope(
         &mut summary,
         on_event,
     )?;
-    library.checkpoint()?;
+    // The dump only saves the next open a replay: failing it loses nothing committed.
+    if let Err(e) = library.checkpoint() {
+        summary.unsaved_index = Some(e.to_string());
+    }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }

@@ -73,6 +73,9 @@ pub struct Library {
     words: TextIndex,
     /// The batch the vector dumps on disk contain.
     dumped_batch: u64,
+    /// The last batch the in-memory indexes (vectors and words) hold; behind the store's only
+    /// after a failed commit (a full disk), until the next commit catches up.
+    applied_batch: u64,
     last_dump: Instant,
     recovery: Recovery,
 }
@@ -144,6 +147,7 @@ impl Library {
             texts,
             words,
             dumped_batch,
+            applied_batch: last,
             last_dump: Instant::now(),
             recovery,
         };
@@ -186,14 +190,13 @@ impl Library {
     /// Commits one batch in the durable order (store, words, vectors); when this returns, the
     /// batch's images are searchable and survive a crash.
     pub fn commit(&mut self, write: &BatchWrite) -> Result<CommitReceipt, LibraryError> {
-        let receipt = self.store.commit(write)?;
-        let before = receipt.batch - 1;
-        for changes in self.store.changes_since(before) {
-            let changes = changes?;
-            apply_words(&self.store, &mut self.words, &changes)?;
-            apply_vectors(&self.store, &mut self.images, &mut self.texts, &changes)?;
-        }
-        self.words.commit(receipt.batch)?;
+        let committed = self.store.commit(write);
+        // A batch whose flush failed (a full disk) is still visible in this process (see
+        // `Store::commit`), and an earlier failure may have left the indexes behind: they
+        // follow what the store shows either way, so search and the next run's plan agree.
+        let caught_up = self.catch_up();
+        let receipt = committed?;
+        caught_up?;
         if self.images.needs_rebuild() {
             self.images.compact()?;
         }
@@ -201,17 +204,47 @@ impl Library {
             self.texts.compact()?;
         }
         if self.last_dump.elapsed() >= DUMP_INTERVAL {
-            self.checkpoint()?;
+            // The batch is durable and searchable: a dump that fails (a full disk) must not
+            // make it look failed. The change log keeps what the dump would have saved, and
+            // the end of the run (or the next interval) tries again.
+            let _ = self.checkpoint();
         }
         Ok(receipt)
+    }
+
+    /// Applies the store's batches the indexes do not hold yet, in order (replaying one twice
+    /// is harmless: see `apply_words` and `apply_vectors`).
+    fn catch_up(&mut self) -> Result<(), LibraryError> {
+        let last = self.store.last_batch();
+        if self.applied_batch >= last {
+            return Ok(());
+        }
+        for changes in self.store.changes_since(self.applied_batch) {
+            let changes = changes?;
+            apply_words(&self.store, &mut self.words, &changes)?;
+            apply_vectors(&self.store, &mut self.images, &mut self.texts, &changes)?;
+        }
+        self.words.commit(last)?;
+        self.applied_batch = last;
+        Ok(())
     }
 
     /// Dumps the vector indexes with the current batch id and prunes the change log up to the
     /// batch every index holds. Call at the end of a run and before a clean shutdown.
     pub fn checkpoint(&mut self) -> Result<(), LibraryError> {
-        let last = self.store.last_batch();
+        // What the indexes hold, which is the store's last batch unless a commit failed.
+        let last = self.applied_batch;
         if self.dumped_batch != last {
             let dir = self.store.dir().join("ann");
+            // The new dumps are written beside the old ones, about as large: room for them
+            // first, so a dump never fills the disk (see `store::space`).
+            let dump_bytes: u64 = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            crate::store::space::ensure_room(self.store.dir(), dump_bytes + dump_bytes / 4)?;
             self.images.save(&dir.join("images"), last)?;
             self.texts.save(&dir.join("texts"), last)?;
             self.dumped_batch = last;

@@ -234,7 +234,7 @@ impl JobTracker {
                 };
                 s.eta_s = Some(0.0);
                 s.message = format!(
-                    "{}{} indexed, {} unchanged, {} moved, {} removed, {} failed in {:.1} s",
+                    "{}{} indexed, {} unchanged, {} moved, {} removed, {} failed in {:.1} s{}",
                     if s.origin == JobOrigin::Watch {
                         "watched folders: "
                     } else {
@@ -245,13 +245,24 @@ impl JobTracker {
                     summary.plan.moved,
                     summary.plan.deleted,
                     summary.failed.len(),
-                    summary.seconds
+                    summary.seconds,
+                    summary
+                        .unsaved_index
+                        .as_ref()
+                        .map(|why| format!(
+                            "; the vector index could not be saved ({why}): it is replayed \
+                             from the store at the next start"
+                        ))
+                        .unwrap_or_default()
                 );
             }
             Err(e) => {
                 s.state = JobState::Failed;
                 s.eta_s = None;
-                s.message = e.to_string();
+                s.message = match crate::disk_faults::DiskFault::cause_of(&e) {
+                    Some(fault) => format!("{e} — {}", fault.hint()),
+                    None => e.to_string(),
+                };
             }
         }
     }

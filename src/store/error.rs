@@ -65,6 +65,35 @@ pub enum StoreError {
         /// sled's error.
         source: sled::Error,
     },
+    /// The disk failed a write or a sync earlier in this process (not for lack of space), so
+    /// the store takes no more writes until it is reopened (see `Store::commit`).
+    #[error(
+        "the disk failed a write to the store {dir} earlier ({why}); nothing more is written to \
+         it by this process: check the disk, then restart quarry, which reopens the store from \
+         what reached the disk (everything acknowledged before the failure is kept)"
+    )]
+    WritesStopped {
+        /// The store folder.
+        dir: PathBuf,
+        /// The first failure.
+        why: String,
+    },
+    /// Writing would leave less than the reserve free on the store's disk (see `space`):
+    /// nothing was written.
+    #[error(
+        "the disk holding the store {dir} is (nearly) full: {free_mb} MB free, and quarry keeps \
+         {needed_mb} MB free before writing so the store's database can never be cut short",
+        free_mb = free >> 20,
+        needed_mb = needed.div_ceil(1 << 20)
+    )]
+    DiskFull {
+        /// The store folder.
+        dir: PathBuf,
+        /// Bytes free on its disk.
+        free: u64,
+        /// Bytes that must be free to write.
+        needed: u64,
+    },
     /// A stored value could not be decoded.
     #[error("store {dir} is damaged: {what}")]
     Corrupt {
@@ -85,6 +114,7 @@ impl StoreError {
                 | StoreError::NotFound { .. }
                 | StoreError::NotAStore { .. }
                 | StoreError::ModelMismatch { .. }
+                | StoreError::DiskFull { .. }
                 | StoreError::Migration { .. }
         )
     }

@@ -23,11 +23,13 @@
 
 mod batch;
 mod caption_quality;
+mod database;
 mod error;
 mod features;
 mod keys;
 mod model;
 mod records;
+pub mod space;
 
 #[cfg(test)]
 mod crash_test;
@@ -39,11 +41,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::disk_faults::DiskFault;
 use batch::{json, Overlay, Shapes};
 pub use batch::{
     BatchWrite, CommitReceipt, ImageInfo, NewCaption, NewFailure, NewImage, NewText, PathUpdate,
 };
 pub use caption_quality::CaptionQuality;
+use database::Database;
 pub use error::StoreError;
 use features::FeatureFiles;
 pub use model::{ModelFingerprint, ModelIdentity};
@@ -59,7 +63,7 @@ const CACHE_BYTES: u64 = 64 << 20;
 /// An open store. See the module docs for the layout and the durability contract.
 pub struct Store {
     dir: PathBuf,
-    db: sled::Db,
+    db: Database,
     model: ModelIdentity,
     features: FeatureFiles,
     /// The writer lock, holding the committed counters and settings.
@@ -70,6 +74,13 @@ pub struct Store {
 struct Writer {
     state: State,
     settings: StoreSettings,
+    /// Set when the disk failed a write or a sync for a reason other than a full disk: after
+    /// a failed fsync the OS may have dropped the written pages while a later fsync succeeds
+    /// (the "fsyncgate" lesson), so nothing written after it can be trusted to be durable.
+    /// The store then takes no more writes in this process; reopening reads what reached
+    /// the disk. A full disk is different: the write did not happen, and a commit once space
+    /// is freed is safe.
+    failed_write: Option<String>,
 }
 
 /// The ITM feature cache's bytes, to decide when [`Store::compact_features`] pays off.
@@ -126,16 +137,20 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// Opens sled, telling a store held by another process apart from other failures.
-fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+fn open_db(dir: &Path) -> Result<Database, StoreError> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(5);
     loop {
         let result = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(CACHE_BYTES)
+            // No background flusher: every commit flushes (fsyncs) itself, and a sync that fails
+            // on sled's own thread leaves later flushes waiting forever (sled 0.34; found by the
+            // failing-fsync test). Syncing only on quarry's thread returns every failure to it.
+            .flush_every_ms(None)
             .open();
         match result {
-            Ok(db) => return Ok(db),
+            Ok(db) => return Ok(Database::new(db, &dir.join("db"))),
             // sled 0.34 reports a held lock as an `Other` I/O error with this wording.
             Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
                 if started.elapsed() >= LOCK_WAIT {
@@ -167,6 +182,7 @@ impl Store {
         model: &ModelIdentity,
         settings: &StoreSettings,
     ) -> Result<Store, StoreError> {
+        space::ensure_room(dir, 0)?;
         fs::create_dir_all(dir).map_err(io_error(dir))?;
         let db = open_db(dir)?;
         if db.is_empty() {
@@ -213,6 +229,8 @@ impl Store {
                 dir: dir.to_owned(),
             });
         }
+        // sled writes at open (a new snapshot): never on a full disk (see `space`).
+        space::ensure_room(dir, 0)?;
         let db = open_db(dir)?;
         if db.is_empty() {
             return Err(StoreError::NotFound {
@@ -223,7 +241,7 @@ impl Store {
     }
 
     /// Upgrades the format, reads the metadata and recovers the feature files.
-    fn open_db_checked(dir: &Path, db: sled::Db) -> Result<Store, StoreError> {
+    fn open_db_checked(dir: &Path, db: Database) -> Result<Store, StoreError> {
         let report = quarry_migrations::upgrade(&db).map_err(|source| match source {
             quarry_migrations::MigrationError::MissingVersion => StoreError::NotAStore {
                 dir: dir.to_owned(),
@@ -255,7 +273,11 @@ impl Store {
             db,
             model,
             features,
-            writer: Mutex::new(Writer { state, settings }),
+            writer: Mutex::new(Writer {
+                state,
+                settings,
+                failed_write: None,
+            }),
             migrated_from: report.upgraded().then_some(report.from),
         })
     }
@@ -301,21 +323,56 @@ impl Store {
     /// it off keeps the features already stored; [`Store::compact_features`] after removals
     /// reclaims space.
     pub fn set_feature_cache(&self, on: bool) -> Result<(), StoreError> {
+        self.write(|writer| {
+            let mut settings = writer.settings.clone();
+            settings.feature_cache = on;
+            self.db
+                .insert(keys::SETTINGS, json(&settings))
+                .map_err(self.db_error())?;
+            self.db.flush().map_err(self.db_error())?;
+            writer.settings = settings;
+            Ok(())
+        })
+    }
+
+    /// Runs a write under the writer lock, unless the disk already failed one (see
+    /// [`Writer::failed_write`]); a disk failure other than a full disk stops later writes.
+    /// sled 0.34 can also hang in `flush` after its I/O thread failed a sync, so no write may
+    /// reach it again.
+    fn write<R>(
+        &self,
+        op: impl FnOnce(&mut Writer) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let mut writer = self.writer();
-        let mut settings = writer.settings.clone();
-        settings.feature_cache = on;
-        self.db
-            .insert(keys::SETTINGS, json(&settings))
-            .map_err(self.db_error())?;
-        self.db.flush().map_err(self.db_error())?;
-        writer.settings = settings;
-        Ok(())
+        if let Some(why) = &writer.failed_write {
+            return Err(StoreError::WritesStopped {
+                dir: self.dir.clone(),
+                why: why.clone(),
+            });
+        }
+        space::ensure_room(&self.dir, 0)?;
+        let result = op(&mut writer);
+        if let Err(e) = &result {
+            let disk = matches!(e, StoreError::Io { .. } | StoreError::Database { .. });
+            if disk && DiskFault::cause_of(e) != Some(DiskFault::Full) {
+                writer.failed_write = Some(e.to_string());
+                self.db.mark_failed();
+            }
+        }
+        result
     }
 
     /// Writes `write` atomically as the next batch and returns once it is on disk (fsynced).
     /// On `Err` nothing of the batch is visible, now or after a crash.
     pub fn commit(&self, write: &BatchWrite) -> Result<CommitReceipt, StoreError> {
-        let mut writer = self.writer();
+        self.write(|writer| self.commit_locked(writer, write))
+    }
+
+    fn commit_locked(
+        &self,
+        writer: &mut Writer,
+        write: &BatchWrite,
+    ) -> Result<CommitReceipt, StoreError> {
         let mut state = writer.state.clone();
         let shapes = Shapes {
             queries: self.model.retrieval.queries,
@@ -568,15 +625,16 @@ impl Store {
     /// Drops the change log entries up to and including `batch` (call once every derived
     /// index has persisted that batch).
     pub fn prune_changes(&self, batch: u64) -> Result<(), StoreError> {
-        let _writer = self.writer();
-        let mut prune = sled::Batch::default();
-        let end = keys::with_id(keys::CHANGES, batch);
-        for entry in self.db.range(keys::with_id(keys::CHANGES, 0)..=end) {
-            prune.remove(entry.map_err(self.db_error())?.0);
-        }
-        self.db.apply_batch(prune).map_err(self.db_error())?;
-        self.db.flush().map_err(self.db_error())?;
-        Ok(())
+        self.write(|_| {
+            let mut prune = sled::Batch::default();
+            let end = keys::with_id(keys::CHANGES, batch);
+            for entry in self.db.range(keys::with_id(keys::CHANGES, 0)..=end) {
+                prune.remove(entry.map_err(self.db_error())?.0);
+            }
+            self.db.apply_batch(prune).map_err(self.db_error())?;
+            self.db.flush().map_err(self.db_error())?;
+            Ok(())
+        })
     }
 
     /// Live, dead and on-disk bytes of the feature cache.
@@ -594,7 +652,10 @@ impl Store {
     /// moves every location to them; a crash before it leaves the old files in use (the new
     /// ones are deleted at open), a crash after it leaves old files that the next open deletes.
     pub fn compact_features(&self) -> Result<CompactionReport, StoreError> {
-        let mut writer = self.writer();
+        self.write(|writer| self.compact_features_locked(writer))
+    }
+
+    fn compact_features_locked(&self, writer: &mut Writer) -> Result<CompactionReport, StoreError> {
         let bytes_before = self.features.bytes_on_disk()?;
         let mut live: Vec<(u64, FeatureLocation)> = Vec::new();
         for entry in self.db.scan_prefix(keys::FEATURES) {

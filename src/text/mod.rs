@@ -335,12 +335,20 @@ impl TextIndex {
             let path = path.clone();
             move |source| TextIndexError::Tantivy { path, what, source }
         };
-        let mut prepared = self
+        // A failed commit (a full disk) leaves tantivy's writer unusable until rolled back to
+        // the last commit; the caller re-applies the batches after it (see `Library`).
+        let committed = self
             .writer
             .prepare_commit()
-            .map_err(err("preparing a commit"))?;
-        prepared.set_payload(&payload);
-        prepared.commit().map_err(err("committing"))?;
+            .map_err(err("preparing a commit"))
+            .and_then(|mut prepared| {
+                prepared.set_payload(&payload);
+                prepared.commit().map_err(err("committing"))
+            });
+        if let Err(e) = committed {
+            let _ = self.writer.rollback();
+            return Err(e);
+        }
         self.reader.reload().map_err(err("reloading the reader"))?;
         Ok(())
     }

@@ -59,7 +59,7 @@ fn status(store: &Path) -> serde_json::Value {
 }
 
 /// Whether `path` is found by its own vectors (HNSW) and by its file name (BM25).
-fn searchable(library: &Library, path: &Path) -> Result<(), String> {
+pub fn searchable(library: &Library, path: &Path) -> Result<(), String> {
     let store = library.store();
     let record = store
         .image_by_path(path)
@@ -87,7 +87,7 @@ fn searchable(library: &Library, path: &Path) -> Result<(), String> {
 }
 
 /// sled, HNSW and tantivy hold the same images.
-fn assert_counts_agree(library: &Library) {
+pub fn assert_counts_agree(library: &Library) {
     let counts = library.counts().unwrap();
     assert_eq!(
         library.image_index().owners() as u64,

@@ -6,6 +6,7 @@ mod cli;
 mod demo;
 mod demo_quality;
 mod eval;
+mod faults;
 mod folder_errors;
 mod fuzz_files;
 mod hub;
