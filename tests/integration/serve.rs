@@ -431,6 +431,30 @@ fn serve_over_http_every_route_and_error_path() {
     assert!(stderr.contains("checkpointed"), "{stderr}");
 }
 
+/// Times `GET /api/v1/health` every 50 ms until the flag is set; the thread returns the
+/// latencies in milliseconds.
+fn health_probe(
+    addr: &str,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<Vec<f64>>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (addr, flag) = (addr.to_owned(), stop.clone());
+    let probe = std::thread::spawn(move || {
+        let mut times = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = Instant::now();
+            let (s, _, _) = request(&addr, "GET", "/api/v1/health", &[], &[]).unwrap();
+            assert_eq!(s, 200);
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        times
+    });
+    (stop, probe)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -464,21 +488,7 @@ fn load_mixed_queries_keep_health_fast() {
         "a large purple shape in the top left",
     ];
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let probe = {
-        let (addr, stop) = (addr.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut times = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let t = Instant::now();
-                let (s, _, _) = request(&addr, "GET", "/api/v1/health", &[], &[]).unwrap();
-                assert_eq!(s, 200);
-                times.push(t.elapsed().as_secs_f64() * 1000.0);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            times
-        })
-    };
+    let (stop, probe) = health_probe(&addr);
     let workers: Vec<_> = (0..clients)
         .map(|c| {
             let (addr, png) = (addr.clone(), png.clone());
@@ -659,4 +669,95 @@ fn per_client_limit_refuses_a_flood_and_serves_others() {
     }
     let (_, stats) = server.call("GET", "/api/v1/stats", &[], &[]);
     assert_eq!(stats["limits"]["per_client"], 4, "{stats}");
+}
+
+/// Searches while the server's own indexing job commits: `QUARRY_JOB_IMAGES` (600) new
+/// scenes are indexed by `POST /index` while one client sends text searches back to back and
+/// a probe times `/api/v1/health` every 50 ms; the same searches are timed on the idle server
+/// first. Prints p50/p99 idle and during the job (the goal: p99 within 2× of idle, health
+/// under 50 ms) and asserts only that nothing failed.
+/// `cargo test --release --test integration serve::load_during -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement: run on demand"]
+fn load_during_own_indexing_job() {
+    let images: usize = std::env::var("QUARRY_JOB_IMAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = build_store(dir.path(), 64);
+    let later = dir.path().join("later");
+    quarry(&[
+        "synth",
+        "--out",
+        later.to_str().unwrap(),
+        "--n",
+        &images.to_string(),
+        "--size",
+        "64",
+        "--seed",
+        "77",
+    ]);
+    let server = Server::start(&store, &["--token", TOKEN]);
+    let addr = server.addr().to_owned();
+    let queries = [
+        "red%20circle",
+        "a%20small%20blue%20square",
+        "green%20triangle",
+        "two%20yellow%20stars",
+    ];
+    let time_searches = |until: &dyn Fn(usize) -> bool| {
+        let mut lat = Vec::new();
+        let mut i = 0;
+        while !until(i) {
+            let t = Instant::now();
+            let path = format!("/api/v1/search?q={}&k=10", queries[i % queries.len()]);
+            let (status, _, body) = request(&addr, "GET", &path, &[], &[]).unwrap();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            i += 1;
+        }
+        lat.sort_by(f64::total_cmp);
+        lat
+    };
+    let idle = time_searches(&|i| i >= 300);
+    let (stop, probe) = health_probe(&addr);
+    let auth = format!("Bearer {TOKEN}");
+    let body = serde_json::json!({"paths": [later.to_str().unwrap()]}).to_string();
+    let (status, job) = server.call(
+        "POST",
+        "/api/v1/index",
+        &[("Authorization", &auth), JSON],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 202, "{job}");
+    let started = Instant::now();
+    let running = || {
+        let (_, job) = server.call("GET", "/api/v1/index", &[], &[]);
+        job["state"] == "running"
+    };
+    let busy = time_searches(&|i| i % 10 == 0 && !running());
+    let job_seconds = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut health = probe.join().unwrap();
+    health.sort_by(f64::total_cmp);
+    let (_, job) = server.call("GET", "/api/v1/index", &[], &[]);
+    assert_eq!(job["state"], "done", "{job}");
+    println!(
+        "search while the server's own job indexes {images} images ({job_seconds:.1} s, {:.0} images/s): \
+         idle p50 {:.1} ms p99 {:.1} ms ({} searches); during the job p50 {:.1} ms p99 {:.1} ms \
+         ({} searches), p99 ratio {:.2}; health p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} probes)",
+        images as f64 / job_seconds,
+        percentile(&idle, 0.5),
+        percentile(&idle, 0.99),
+        idle.len(),
+        percentile(&busy, 0.5),
+        percentile(&busy, 0.99),
+        busy.len(),
+        percentile(&busy, 0.99) / percentile(&idle, 0.99),
+        percentile(&health, 0.5),
+        percentile(&health, 0.99),
+        health[health.len() - 1],
+        health.len()
+    );
 }
