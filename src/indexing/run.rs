@@ -188,9 +188,12 @@ impl IndexTarget for &std::sync::RwLock<Library> {
         f(&std::sync::RwLock::read(self).unwrap_or_else(std::sync::PoisonError::into_inner))
     }
     fn commit(&mut self, write: &BatchWrite) -> Result<crate::store::CommitReceipt, LibraryError> {
+        // The store's commit (apply + fsync, the slow part) under a read lock: searches go on
+        // meanwhile. The indexes then follow under the write lock (see `apply_committed`).
+        let committed = IndexTarget::read(self, |library| library.store().commit(write));
         std::sync::RwLock::write(self)
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .commit(write)
+            .apply_committed(committed)
     }
     fn checkpoint(&mut self) -> Result<(), LibraryError> {
         std::sync::RwLock::write(self)

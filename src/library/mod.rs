@@ -191,6 +191,16 @@ impl Library {
     /// batch's images are searchable and survive a crash.
     pub fn commit(&mut self, write: &BatchWrite) -> Result<CommitReceipt, LibraryError> {
         let committed = self.store.commit(write);
+        self.apply_committed(committed)
+    }
+
+    /// The second half of [`Library::commit`], for a batch already handed to
+    /// [`Store::commit`] (which needs only `&self`): a server commits to the store under a
+    /// read lock, so searches go on during the fsync, and takes the write lock only for this.
+    pub fn apply_committed(
+        &mut self,
+        committed: Result<CommitReceipt, StoreError>,
+    ) -> Result<CommitReceipt, LibraryError> {
         // A batch whose flush failed (a full disk) is still visible in this process (see
         // `Store::commit`), and an earlier failure may have left the indexes behind: they
         // follow what the store shows either way, so search and the next run's plan agree.

@@ -47,24 +47,24 @@ unsafe impl std::alloc::GlobalAlloc for ThreadPeak {
 /// claimed shape of billions of elements would take.
 const MAX_ALLOCATION: usize = 256 << 20;
 
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
 }
 
 /// Mutates `bytes` within `region` (the header, where sizes live): digits changed, bytes
 /// flipped or overwritten, runs deleted or repeated, the whole cut.
-fn mutate(rng: &mut Rng, bytes: &[u8], region: usize) -> Vec<u8> {
+pub fn mutate(rng: &mut Rng, bytes: &[u8], region: usize) -> Vec<u8> {
     let mut out = bytes.to_vec();
     for _ in 0..1 + rng.below(3) {
         let region = region.min(out.len()).max(1);
@@ -116,7 +116,7 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn env_number(name: &str, default: u64) -> u64 {
+pub fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())

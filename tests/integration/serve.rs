@@ -29,7 +29,7 @@ fn quarry(args: &[&str]) -> std::process::Output {
 }
 
 /// A store of `n` synthetic scenes indexed with the small model; returns (store, images dir).
-fn build_store(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+pub fn build_store(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
     let scenes = dir.join("scenes");
     let store = dir.join("store");
     let model = retrieval_fixtures().join("small_a");
@@ -228,7 +228,7 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     out
 }
 
-fn multipart(field: &str, bytes: &[u8]) -> Vec<u8> {
+pub fn multipart(field: &str, bytes: &[u8]) -> Vec<u8> {
     let mut body = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"q.png\"\r\nContent-Type: image/png\r\n\r\n").into_bytes();
     body.extend_from_slice(bytes);
     body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
