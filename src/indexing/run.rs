@@ -189,8 +189,14 @@ impl IndexTarget for &std::sync::RwLock<Library> {
     }
     fn commit(&mut self, write: &BatchWrite) -> Result<crate::store::CommitReceipt, LibraryError> {
         // The store's commit (apply + fsync, the slow part) under a read lock: searches go on
-        // meanwhile. The indexes then follow under the write lock (see `apply_committed`).
-        let committed = IndexTarget::read(self, |library| library.store().commit(write));
+        // meanwhile. The vector indexes then follow under the write lock (`apply_committed`).
+        let committed = IndexTarget::read(self, |library| {
+            let committed = library.store().commit(write);
+            // The word index's commit fsyncs too: also under the read lock (a failure here is
+            // retried by `apply_committed`).
+            let _ = library.catch_up_words();
+            committed
+        });
         std::sync::RwLock::write(self)
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .apply_committed(committed)

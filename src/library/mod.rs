@@ -16,6 +16,7 @@
 //! `DIR/ann/texts` (HNSW dumps), `DIR/text` (tantivy).
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::ann::{AnnError, AnnParams, MultiVectorIndex};
@@ -73,9 +74,12 @@ pub struct Library {
     words: TextIndex,
     /// The batch the vector dumps on disk contain.
     dumped_batch: u64,
-    /// The last batch the in-memory indexes (vectors and words) hold; behind the store's only
-    /// after a failed commit (a full disk), until the next commit catches up.
+    /// The last batch the vector indexes hold; behind the store's only after a failed commit
+    /// (a full disk), until the next commit catches up.
     applied_batch: u64,
+    /// The last batch the word index holds (committed). Behind a lock of its own: a server
+    /// catches the words up under the library's read lock (see `catch_up_words`).
+    words_batch: Mutex<u64>,
     last_dump: Instant,
     recovery: Recovery,
 }
@@ -112,7 +116,7 @@ impl Library {
             Some(done) if done == last => {}
             Some(done) if done < last => {
                 for changes in store.changes_since(done) {
-                    apply_words(&store, &mut words, &changes?)?;
+                    apply_words(&store, &words, &changes?)?;
                     recovery.text_batches_replayed += 1;
                 }
                 words.commit(last)?;
@@ -148,6 +152,7 @@ impl Library {
             words,
             dumped_batch,
             applied_batch: last,
+            words_batch: Mutex::new(last),
             last_dump: Instant::now(),
             recovery,
         };
@@ -204,9 +209,11 @@ impl Library {
         // A batch whose flush failed (a full disk) is still visible in this process (see
         // `Store::commit`), and an earlier failure may have left the indexes behind: they
         // follow what the store shows either way, so search and the next run's plan agree.
-        let caught_up = self.catch_up();
+        let words = self.catch_up_words();
+        let vectors = self.catch_up_vectors();
         let receipt = committed?;
-        caught_up?;
+        words?;
+        vectors?;
         if self.images.needs_rebuild() {
             self.images.compact()?;
         }
@@ -222,19 +229,37 @@ impl Library {
         Ok(receipt)
     }
 
-    /// Applies the store's batches the indexes do not hold yet, in order (replaying one twice
-    /// is harmless: see `apply_words` and `apply_vectors`).
-    fn catch_up(&mut self) -> Result<(), LibraryError> {
+    /// Applies and commits the store's batches the word index does not hold yet. Needs only
+    /// `&self`, so a server runs it (tantivy's commit and its fsyncs) under the library's read
+    /// lock while searches go on; one catch-up at a time (replaying a batch twice is harmless,
+    /// interleaving two would not be).
+    pub fn catch_up_words(&self) -> Result<(), LibraryError> {
+        let mut done = self
+            .words_batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = self.store.last_batch();
+        if *done >= last {
+            return Ok(());
+        }
+        for changes in self.store.changes_since(*done) {
+            apply_words(&self.store, &self.words, &changes?)?;
+        }
+        self.words.commit(last)?;
+        *done = last;
+        Ok(())
+    }
+
+    /// Applies the store's batches the vector indexes do not hold yet, in order (replaying one
+    /// twice is harmless: see `apply_vectors`).
+    fn catch_up_vectors(&mut self) -> Result<(), LibraryError> {
         let last = self.store.last_batch();
         if self.applied_batch >= last {
             return Ok(());
         }
         for changes in self.store.changes_since(self.applied_batch) {
-            let changes = changes?;
-            apply_words(&self.store, &mut self.words, &changes)?;
-            apply_vectors(&self.store, &mut self.images, &mut self.texts, &changes)?;
+            apply_vectors(&self.store, &mut self.images, &mut self.texts, &changes?)?;
         }
-        self.words.commit(last)?;
         self.applied_batch = last;
         Ok(())
     }
@@ -292,7 +317,7 @@ fn load_vectors(dir: &Path) -> Option<(MultiVectorIndex, MultiVectorIndex, u64)>
 /// Applies one change-log entry to the word index (idempotent: upserts and deletes by key).
 fn apply_words(
     store: &Store,
-    words: &mut TextIndex,
+    words: &TextIndex,
     changes: &BatchChanges,
 ) -> Result<(), LibraryError> {
     for &id in &changes.images_removed {

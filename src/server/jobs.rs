@@ -212,21 +212,15 @@ impl JobTracker {
                 }
             }
         };
-        let mut run = move || {
-            index_watch_batch(
-                &mut target,
-                models,
-                roots,
-                batch,
-                &IndexOptions::default(),
-                keep_features,
-                &mut on_event,
-            )
-        };
-        let result = match background_pool() {
-            Some(pool) => pool.install(run),
-            None => run(),
-        };
+        let result = index_watch_batch(
+            &mut target,
+            models,
+            roots,
+            batch,
+            &IndexOptions::default(),
+            keep_features,
+            &mut on_event,
+        );
         let mut s = self.lock();
         match result {
             Ok(summary) => {
@@ -271,30 +265,5 @@ impl JobTracker {
                 };
             }
         }
-    }
-}
-
-/// The threads a server's indexing job computes on: half the cores, at a lower scheduling
-/// priority (nice 10), so the searches it shares the machine with keep the other half and win
-/// every contended core. The model's matrix products run on the rayon pool they are called
-/// from, so installing this pool around the job confines its model work too. `None` (the
-/// global pool) if the pool cannot be built.
-fn background_pool() -> Option<rayon::ThreadPool> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    rayon::ThreadPoolBuilder::new()
-        .num_threads((cores / 2).max(1))
-        .thread_name(|i| format!("index-job-{i}"))
-        .start_handler(|_| lower_priority())
-        .build()
-        .ok()
-}
-
-/// Lowers the calling thread's priority (Linux: nice is per thread). Best effort: a failure
-/// leaves the thread at normal priority.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority only reads its integer arguments; `who` 0 is the calling thread.
-    unsafe {
-        let _ = libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }

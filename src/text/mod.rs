@@ -170,7 +170,9 @@ struct Payload {
 pub struct TextIndex {
     path: PathBuf,
     index: Index,
-    writer: IndexWriter,
+    /// Behind a lock so that changes and commits need only `&self`: a server applies and
+    /// commits a batch's words while searches keep reading (see `Library::apply_committed`).
+    writer: std::sync::Mutex<IndexWriter>,
     reader: IndexReader,
     fields: Fields,
 }
@@ -238,10 +240,18 @@ impl TextIndex {
         Ok(Self {
             path,
             index,
-            writer,
+            writer: std::sync::Mutex::new(writer),
             reader,
             fields,
         })
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, IndexWriter> {
+        // A panic mid-change leaves at worst uncommitted documents, which the next rollback
+        // or commit settles.
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn err(&self, what: &'static str) -> impl FnOnce(TantivyError) -> TextIndexError + '_ {
@@ -255,14 +265,15 @@ impl TextIndex {
     /// Adds or replaces the image `id`: its caption (if any) and the words of its file name and
     /// folders. Visible after [`Self::commit`].
     pub fn upsert_image(
-        &mut self,
+        &self,
         id: u64,
         caption: Option<&str>,
         path: &Path,
     ) -> Result<(), TextIndexError> {
         let f = self.fields;
         let key = TextKind::Image.key(id);
-        self.writer.delete_term(Term::from_field_text(f.key, &key));
+        self.writer()
+            .delete_term(Term::from_field_text(f.key, &key));
         let mut doc = TantivyDocument::new();
         doc.add_text(f.key, &key);
         doc.add_u64(f.kind, TextKind::Image.code());
@@ -272,59 +283,60 @@ impl TextIndex {
         }
         doc.add_text(f.name, words::name_words(path));
         doc.add_text(f.folder, words::folder_words(path));
-        self.writer
+        self.writer()
             .add_document(doc)
             .map_err(self.err("adding an image"))?;
         Ok(())
     }
 
     /// Adds or replaces the user text `id`.
-    pub fn add_text(&mut self, id: u64, text: &str) -> Result<(), TextIndexError> {
+    pub fn add_text(&self, id: u64, text: &str) -> Result<(), TextIndexError> {
         let f = self.fields;
         let key = TextKind::Text.key(id);
-        self.writer.delete_term(Term::from_field_text(f.key, &key));
+        self.writer()
+            .delete_term(Term::from_field_text(f.key, &key));
         let mut doc = TantivyDocument::new();
         doc.add_text(f.key, &key);
         doc.add_u64(f.kind, TextKind::Text.code());
         doc.add_u64(f.id, id);
         doc.add_text(f.body, text);
-        self.writer
+        self.writer()
             .add_document(doc)
             .map_err(self.err("adding a text"))?;
         Ok(())
     }
 
     /// Removes the image `id` (no-op if absent). Effective at the next commit.
-    pub fn remove_image(&mut self, id: u64) {
+    pub fn remove_image(&self, id: u64) {
         let key = TextKind::Image.key(id);
-        self.writer
+        self.writer()
             .delete_term(Term::from_field_text(self.fields.key, &key));
     }
 
     /// Removes the user text `id` (no-op if absent). Effective at the next commit.
-    pub fn remove_text(&mut self, id: u64) {
+    pub fn remove_text(&self, id: u64) {
         let key = TextKind::Text.key(id);
-        self.writer
+        self.writer()
             .delete_term(Term::from_field_text(self.fields.key, &key));
     }
 
     /// Deletes every document (for a rebuild from the store). Effective at the next commit.
-    pub fn clear(&mut self) -> Result<(), TextIndexError> {
-        self.writer
+    pub fn clear(&self) -> Result<(), TextIndexError> {
+        self.writer()
             .delete_all_documents()
             .map_err(self.err("clearing"))?;
         Ok(())
     }
 
     /// Drops every change since the last commit.
-    pub fn rollback(&mut self) -> Result<(), TextIndexError> {
-        self.writer.rollback().map_err(self.err("rolling back"))?;
+    pub fn rollback(&self) -> Result<(), TextIndexError> {
+        self.writer().rollback().map_err(self.err("rolling back"))?;
         Ok(())
     }
 
     /// Makes all changes durable (fsynced by tantivy) and visible, recording that the index now
     /// contains store batch `batch_id`.
-    pub fn commit(&mut self, batch_id: u64) -> Result<(), TextIndexError> {
+    pub fn commit(&self, batch_id: u64) -> Result<(), TextIndexError> {
         let payload = serde_json::to_string(&Payload {
             schema: SCHEMA_VERSION,
             batch_id,
@@ -337,8 +349,8 @@ impl TextIndex {
         };
         // A failed commit (a full disk) leaves tantivy's writer unusable until rolled back to
         // the last commit; the caller re-applies the batches after it (see `Library`).
-        let committed = self
-            .writer
+        let mut writer = self.writer();
+        let committed = writer
             .prepare_commit()
             .map_err(err("preparing a commit"))
             .and_then(|mut prepared| {
@@ -346,7 +358,7 @@ impl TextIndex {
                 prepared.commit().map_err(err("committing"))
             });
         if let Err(e) = committed {
-            let _ = self.writer.rollback();
+            let _ = writer.rollback();
             return Err(e);
         }
         self.reader.reload().map_err(err("reloading the reader"))?;

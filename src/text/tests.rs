@@ -10,7 +10,7 @@ fn ids(hits: &[TextHit]) -> Vec<(TextKind, u64)> {
 }
 
 fn sample(dir: &Path) -> TextIndex {
-    let mut t = TextIndex::open_or_create(dir).unwrap();
+    let t = TextIndex::open_or_create(dir).unwrap();
     let p = Path::new("/photos/misc/x.jpg");
     t.upsert_image(1, Some("a dog on the beach"), p).unwrap();
     t.upsert_image(
@@ -35,7 +35,7 @@ fn sample(dir: &Path) -> TextIndex {
 #[test]
 fn bm25_ranks_more_matches_higher() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut t = TextIndex::open_or_create(tmp.path()).unwrap();
+    let t = TextIndex::open_or_create(tmp.path()).unwrap();
     let p = Path::new("/x/y.jpg");
     // Equal lengths (5 words), so BM25's length normalisation cannot decide the order.
     t.upsert_image(10, Some("dog running on the beach"), p)
@@ -120,7 +120,7 @@ fn kinds_filter_and_phrases() {
 #[test]
 fn delete_and_replace_then_search() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut t = sample(tmp.path());
+    let t = sample(tmp.path());
     assert_eq!(t.num_docs(), 5);
     t.remove_image(1);
     t.remove_text(1);
@@ -154,14 +154,14 @@ fn delete_and_replace_then_search() {
 fn commit_payload_survives_reopen_and_uncommitted_work_does_not() {
     let tmp = tempfile::tempdir().unwrap();
     {
-        let mut t = TextIndex::open_or_create(tmp.path()).unwrap();
+        let t = TextIndex::open_or_create(tmp.path()).unwrap();
         assert_eq!(t.committed_batch().unwrap(), None);
         t.add_text(7, "first").unwrap();
         t.commit(41).unwrap();
         assert_eq!(t.committed_batch().unwrap(), Some(41));
         t.add_text(8, "second").unwrap(); // never committed
     }
-    let mut t = TextIndex::open_or_create(tmp.path()).unwrap();
+    let t = TextIndex::open_or_create(tmp.path()).unwrap();
     assert_eq!(t.committed_batch().unwrap(), Some(41));
     assert_eq!(t.num_docs(), 1);
     assert!(t.search("second", 10, &[]).unwrap().is_empty());
