@@ -188,18 +188,16 @@ impl IndexTarget for &std::sync::RwLock<Library> {
         f(&std::sync::RwLock::read(self).unwrap_or_else(std::sync::PoisonError::into_inner))
     }
     fn commit(&mut self, write: &BatchWrite) -> Result<crate::store::CommitReceipt, LibraryError> {
-        // The store's commit (apply + fsync, the slow part) under a read lock: searches go on
-        // meanwhile. The vector indexes then follow under the write lock (`apply_committed`).
-        let committed = IndexTarget::read(self, |library| {
-            let committed = library.store().commit(write);
-            // The word index's commit fsyncs too: also under the read lock (a failure here is
-            // retried by `apply_committed`).
-            let _ = library.catch_up_words();
-            committed
-        });
-        std::sync::RwLock::write(self)
+        // The store and the vectors under the write lock (what a search reads then agrees
+        // with the store), the word index's commit and its fsyncs under a read lock after it:
+        // searches go on meanwhile (see `Library::commit_store_and_vectors`).
+        let receipt = std::sync::RwLock::write(self)
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .apply_committed(committed)
+            .commit_store_and_vectors(write);
+        let words = IndexTarget::read(self, Library::catch_up_words);
+        let receipt = receipt?;
+        words?;
+        Ok(receipt)
     }
     fn checkpoint(&mut self) -> Result<(), LibraryError> {
         std::sync::RwLock::write(self)

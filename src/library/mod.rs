@@ -192,27 +192,30 @@ impl Library {
         Ok(self.store.counts()?)
     }
 
-    /// Commits one batch in the durable order (store, words, vectors); when this returns, the
-    /// batch's images are searchable and survive a crash.
+    /// Commits one batch: the store (durable), then the vector and word indexes; when this
+    /// returns, the batch's images are searchable and survive a crash.
     pub fn commit(&mut self, write: &BatchWrite) -> Result<CommitReceipt, LibraryError> {
-        let committed = self.store.commit(write);
-        self.apply_committed(committed)
+        let receipt = self.commit_store_and_vectors(write);
+        let words = self.catch_up_words();
+        let receipt = receipt?;
+        words?;
+        Ok(receipt)
     }
 
-    /// The second half of [`Library::commit`], for a batch already handed to
-    /// [`Store::commit`] (which needs only `&self`): a server commits to the store under a
-    /// read lock, so searches go on during the fsync, and takes the write lock only for this.
-    pub fn apply_committed(
+    /// [`Library::commit`] without the word index, which [`Library::catch_up_words`] then
+    /// brings up to date with only `&self`: a server runs that under its read lock, so the
+    /// word index's commit (tantivy's fsyncs) does not hold searches up. Between the two the
+    /// batch is found by its vectors, and by its words a few milliseconds later.
+    pub fn commit_store_and_vectors(
         &mut self,
-        committed: Result<CommitReceipt, StoreError>,
+        write: &BatchWrite,
     ) -> Result<CommitReceipt, LibraryError> {
+        let committed = self.store.commit(write);
         // A batch whose flush failed (a full disk) is still visible in this process (see
         // `Store::commit`), and an earlier failure may have left the indexes behind: they
         // follow what the store shows either way, so search and the next run's plan agree.
-        let words = self.catch_up_words();
         let vectors = self.catch_up_vectors();
         let receipt = committed?;
-        words?;
         vectors?;
         if self.images.needs_rebuild() {
             self.images.compact()?;

@@ -171,7 +171,7 @@ pub struct TextIndex {
     path: PathBuf,
     index: Index,
     /// Behind a lock so that changes and commits need only `&self`: a server applies and
-    /// commits a batch's words while searches keep reading (see `Library::apply_committed`).
+    /// commits a batch's words while searches keep reading (see `Library::catch_up_words`).
     writer: std::sync::Mutex<IndexWriter>,
     reader: IndexReader,
     fields: Fields,
