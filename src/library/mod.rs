@@ -111,7 +111,11 @@ impl Library {
         let mut recovery = Recovery::default();
         let last = store.last_batch();
 
-        let mut words = TextIndex::open_or_create(&dir.join("text"))?;
+        let (mut words, damaged) = open_words(&dir.join("text"))?;
+        if damaged {
+            // A fresh, empty index: rebuilt from the store below.
+            recovery.text_rebuilt = true;
+        }
         match words.committed_batch()? {
             Some(done) if done == last => {}
             Some(done) if done < last => {
@@ -305,6 +309,41 @@ impl Drop for Library {
         // Best effort: a dump now saves the next open a replay; a failure here loses nothing,
         // since the store still holds every batch and its change log.
         let _ = self.checkpoint();
+    }
+}
+
+/// Opens the word index; one that is damaged (a file missing, cut or failing its checksum, a
+/// schema of another version) is moved aside to `text.damaged` and replaced by an empty one,
+/// which the caller rebuilds from the store: the index is derived, so nothing is lost. Only
+/// an index held by another process is an error. Returns the index and whether it was new.
+fn open_words(dir: &Path) -> Result<(TextIndex, bool), LibraryError> {
+    // tantivy 0.27 panics instead of erring on some cut files (a footer claiming more bytes
+    // than the file has), even while checking checksums: such a panic means a damaged index
+    // too. The default hook is silenced meanwhile (nothing else runs while a library opens).
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| TextIndex::open_or_create(dir));
+    std::panic::set_hook(hook);
+    let opened = opened.unwrap_or_else(|_| {
+        Err(crate::text::TextIndexError::Open {
+            path: dir.to_owned(),
+            reason: "tantivy could not read its files".into(),
+        })
+    });
+    match opened {
+        Ok(words) => Ok((words, false)),
+        Err(e @ crate::text::TextIndexError::Locked { .. }) => Err(e.into()),
+        Err(_) => {
+            let aside = dir.with_extension("damaged");
+            let _ = std::fs::remove_dir_all(&aside);
+            std::fs::rename(dir, &aside)
+                .or_else(|_| std::fs::remove_dir_all(dir))
+                .map_err(|e| crate::text::TextIndexError::Open {
+                    path: dir.to_owned(),
+                    reason: format!("damaged, and could not be moved aside: {e}"),
+                })?;
+            Ok((TextIndex::open_or_create(dir)?, true))
+        }
     }
 }
 

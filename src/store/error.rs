@@ -94,6 +94,18 @@ pub enum StoreError {
         /// Bytes that must be free to write.
         needed: u64,
     },
+    /// sled found its files damaged (a checksum failed): the records cannot be trusted.
+    #[error(
+        "the store's database in {dir} is damaged ({source}): restore the store folder from a \
+         backup, or index the photos again into a new store (`quarry index PATH... --store \
+         NEW`); the photos themselves are untouched"
+    )]
+    DatabaseDamaged {
+        /// The store folder (its `db` folder is the damaged part).
+        dir: PathBuf,
+        /// sled's report.
+        source: sled::Error,
+    },
     /// A stored value could not be decoded.
     #[error("store {dir} is damaged: {what}")]
     Corrupt {
@@ -115,6 +127,7 @@ impl StoreError {
                 | StoreError::NotAStore { .. }
                 | StoreError::ModelMismatch { .. }
                 | StoreError::DiskFull { .. }
+                | StoreError::DatabaseDamaged { .. }
                 | StoreError::Migration { .. }
         )
     }

@@ -106,6 +106,14 @@ pub struct CompactionReport {
 }
 
 pub(crate) fn database(dir: &Path, source: sled::Error) -> StoreError {
+    // `Unsupported` is what sled says of a damaged `conf` file (its version field read wrong):
+    // every store was made with this sled.
+    if let sled::Error::Corruption { .. } | sled::Error::Unsupported(_) = source {
+        return StoreError::DatabaseDamaged {
+            dir: dir.to_owned(),
+            source,
+        };
+    }
     StoreError::Database {
         dir: dir.join("db"),
         source,

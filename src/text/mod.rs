@@ -222,6 +222,19 @@ impl TextIndex {
                 }
             }
         }
+        // Every committed file's checksum, before anything parses one: tantivy panics on some
+        // damaged files (a flipped fast field) instead of returning an error.
+        let damaged = index
+            .validate_checksum()
+            .map_err(tantivy_err("checking the files"))?;
+        if !damaged.is_empty() {
+            let mut files: Vec<_> = damaged.into_iter().collect();
+            files.sort();
+            return Err(open_err(format!(
+                "{} file(s) fail their checksum: {files:?}",
+                files.len()
+            )));
+        }
         let writer: IndexWriter = index
             .writer_with_num_threads(1, WRITER_BYTES)
             .map_err(|e| match e {

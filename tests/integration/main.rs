@@ -9,6 +9,7 @@ mod eval;
 mod faults;
 mod folder_errors;
 mod fuzz_files;
+mod fuzz_store;
 mod fuzz_uploads;
 mod hub;
 mod indexing;
