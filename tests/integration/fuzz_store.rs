@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::fuzz_files::{env_number, Rng};
-use crate::support::{scenes, small_model};
+use crate::serve::build_store;
 
 fn files(dir: &Path, under: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -40,21 +40,7 @@ fn a_damaged_store_is_rebuilt_from_sled_or_refused_with_what_to_do() {
     let cases = env_number("QUARRY_FUZZ_STORE_CASES", 60);
     let seed = env_number("QUARRY_FUZZ_SEED", 5);
     let tmp = tempfile::tempdir().unwrap();
-    scenes(&tmp.path().join("photos"), 24, 31);
-    let base = tmp.path().join("base");
-    let out = Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .arg("index")
-        .arg(tmp.path().join("photos"))
-        .arg("--store")
-        .arg(&base)
-        .args(["--model", &small_model()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (base, _) = build_store(tmp.path(), 24);
     let mut all = Vec::new();
     files(&base, &base, &mut all);
     all.sort();
